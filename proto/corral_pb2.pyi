@@ -2629,6 +2629,86 @@ class Command(_message.Message):
 Global___Command: _TypeAlias = Command  # noqa: Y015
 
 @_typing.final
+class StateSnapshot(_message.Message):
+    """The whole state machine, for raft snapshots: written by FSM.snapshot, read by
+    FSM.restore. Versioned like Command.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TableIndexEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    TABLE_INDEX_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    JOB_VERSIONS_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    ALLOCS_FIELD_NUMBER: _builtins.int
+    EVALS_FIELD_NUMBER: _builtins.int
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    schema: _builtins.int
+    index: _builtins.int
+    @_builtins.property
+    def table_index(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]: ...
+    @_builtins.property
+    def job_versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """Older versions of every job (the current one is in jobs)."""
+
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]: ...
+    @_builtins.property
+    def allocs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Allocation]: ...
+    @_builtins.property
+    def evals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Evaluation]: ...
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Deployment]: ...
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceRegistration]: ...
+    def __init__(
+        self,
+        *,
+        schema: _builtins.int = ...,
+        index: _builtins.int = ...,
+        table_index: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        jobs: _abc.Iterable[Global___Job] | None = ...,
+        job_versions: _abc.Iterable[Global___Job] | None = ...,
+        nodes: _abc.Iterable[Global___Node] | None = ...,
+        allocs: _abc.Iterable[Global___Allocation] | None = ...,
+        evals: _abc.Iterable[Global___Evaluation] | None = ...,
+        deployments: _abc.Iterable[Global___Deployment] | None = ...,
+        services: _abc.Iterable[Global___ServiceRegistration] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocs", b"allocs", "deployments", b"deployments", "evals", b"evals", "index", b"index", "job_versions", b"job_versions", "jobs", b"jobs", "nodes", b"nodes", "schema", b"schema", "services", b"services", "table_index", b"table_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateSnapshot: _TypeAlias = StateSnapshot  # noqa: Y015
+
+@_typing.final
 class QueryOptions(_message.Message):
     """---------------------------------------------------------------- RPC messages"""
 

@@ -1,0 +1,145 @@
+"""``corral agent``: the process that hosts a server, a client, or both (--dev).
+
+This is the composition root: the only place that wires server and client
+together, and the only module the CLI imports from them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import threading
+from concurrent import futures
+
+import grpc
+
+from corral.agentconfig import AgentConfig
+
+log = logging.getLogger("corral.agent")
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        if cfg.dev:
+            cfg.server = cfg.client = True
+        if not cfg.server and not cfg.client:
+            raise ValueError("an agent must run a server, a client, or both (--dev)")
+        if not cfg.data_dir:
+            cfg.data_dir = tempfile.mkdtemp(prefix="corral-")
+        self.cfg = cfg
+        self.server = None
+        self.grpc_server: grpc.Server | None = None
+        self.http = None
+        self.client = None
+
+    @property
+    def rpc_addr(self) -> str:
+        return f"{self.cfg.bind}:{self.cfg.rpc_port}"
+
+    def start(self) -> None:
+        cfg = self.cfg
+        os.makedirs(cfg.data_dir, exist_ok=True)
+        if cfg.server:
+            from corral.server.endpoints import add_to_grpc
+            from corral.server.http_api import HTTPAPI
+            from corral.server.server import Server, ServerConfig
+
+            raft_addr = f"{cfg.bind}:{cfg.raft_port}"
+            peers = tuple(cfg.servers) if cfg.servers else ()
+            self.server = Server(
+                ServerConfig(
+                    data_dir=os.path.join(cfg.data_dir, "server"),
+                    raft_address=raft_addr,
+                    raft_peers=peers,
+                    encrypt=cfg.encrypt,
+                    min_heartbeat_ttl=cfg.min_heartbeat_ttl,
+                    heartbeat_grace=cfg.heartbeat_grace,
+                    failover_heartbeat_ttl=max(cfg.min_heartbeat_ttl * 3, 30.0)
+                    if cfg.dev
+                    else 300.0,
+                )
+            )
+            self.grpc_server = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="grpc"),
+                options=[
+                    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                    ("grpc.so_reuseport", 0),
+                ],
+            )
+            add_to_grpc(self.server, self.grpc_server)
+            bound = self.grpc_server.add_insecure_port(self.rpc_addr)
+            if bound == 0:
+                raise OSError(f"cannot listen for gRPC on {self.rpc_addr}")
+            self.server.start()
+            self.grpc_server.start()
+            self.http = HTTPAPI(self.server, cfg.bind, cfg.http_port)
+            self.http.start()
+            log.info(
+                "server started: gRPC %s, HTTP %s:%d, raft %s",
+                self.rpc_addr,
+                cfg.bind,
+                cfg.http_port,
+                raft_addr,
+            )
+        if cfg.client:
+            from corral.client.agent import ClientAgent, ClientConfig
+
+            servers = list(cfg.servers) if (cfg.servers and not cfg.server) else [self.rpc_addr]
+            self.client = ClientAgent(
+                ClientConfig(
+                    data_dir=cfg.data_dir,
+                    servers=servers,
+                    advertise_ip=cfg.bind,
+                    rpc_port=cfg.client_rpc_port,
+                    datacenter=cfg.datacenter,
+                    node_class=cfg.node_class,
+                    node_name=cfg.node_name,
+                    meta=dict(cfg.meta),
+                    cpu_total=cfg.cpu_total,
+                    memory_total=cfg.memory_total,
+                    stop_allocs_on_shutdown=cfg.dev,
+                )
+            )
+            self.client.start()
+            log.info("client started: node %s (%s)", self.client.node.name, self.client.node.id)
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.stop()
+        if self.http is not None:
+            self.http.stop()
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace=1)
+        if self.server is not None:
+            self.server.stop()
+
+
+def run_agent(cfg: AgentConfig) -> int:
+    """Run until SIGINT/SIGTERM; return the process exit code."""
+    logging.basicConfig(
+        level=getattr(logging, cfg.log_level.upper(), logging.INFO),
+        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s",
+    )
+    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+    agent = Agent(cfg)
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("caught signal %d, shutting down", signum)
+        done.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        agent.start()
+    except Exception as exc:
+        log.error("agent failed to start: %s", exc)
+        agent.stop()
+        return 1
+    done.wait()
+    agent.stop()
+    log.info("agent stopped")
+    return 0

@@ -1,0 +1,131 @@
+"""The plan applier (leader only): one plan at a time, re-checked, then committed.
+
+Scheduler workers plan optimistically on snapshots. Before a plan is committed it is
+checked against the latest state: a node must still be ready and every placement
+must fit alongside what is already there (cpu, memory, no port given twice). Nodes
+that no longer fit are dropped from the plan, and the worker is told to refresh and
+retry for those placements. Since this runs on one thread, two workers can never
+overcommit a node between them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from corral import structs
+from corral.proto import pb
+from corral.scheduler.feasible import node_ready
+from corral.scheduler.rank import GroupAsk, NodeUsage
+from corral.server.state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PlanResult:
+    index: int
+    # Nodes whose placements were refused: the worker retries those.
+    rejected_nodes: list[str]
+    error: str = ""
+
+    @property
+    def fully_applied(self) -> bool:
+        return not self.rejected_nodes and not self.error
+
+
+class PlanApplier:
+    def __init__(
+        self,
+        state: StateStore,
+        commit: Callable[[pb.Plan, list[pb.Evaluation]], int],
+    ) -> None:
+        self._state = state
+        self._commit = commit
+        self._queue: queue.Queue[tuple[pb.Plan, list[pb.Evaluation], Future[PlanResult]] | None]
+        self._queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="plan-applier", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def submit(self, plan: pb.Plan, evals: list[pb.Evaluation]) -> Future[PlanResult]:
+        fut: Future[PlanResult] = Future()
+        self._queue.put((plan, evals, fut))
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            plan, evals, fut = item
+            try:
+                fut.set_result(self.apply(plan, evals))
+            except Exception as exc:
+                log.exception("plan apply failed")
+                fut.set_exception(exc)
+
+    def apply(self, plan: pb.Plan, evals: list[pb.Evaluation]) -> PlanResult:
+        accepted, rejected = evaluate_plan(self._state, plan)
+        if rejected and plan.all_at_once:
+            return PlanResult(index=self._state.index, rejected_nodes=sorted(plan.node_allocation))
+        if not accepted.node_allocation and not accepted.node_update and not evals:
+            return PlanResult(index=self._state.index, rejected_nodes=rejected)
+        index = self._commit(accepted, evals if not rejected else [])
+        return PlanResult(index=index, rejected_nodes=rejected)
+
+
+def evaluate_plan(state: StateStore, plan: pb.Plan) -> tuple[pb.Plan, list[str]]:
+    """The part of ``plan`` that still fits the latest state, and the rejected nodes."""
+    snap = state.snapshot()
+    accepted = pb.Plan()
+    accepted.CopyFrom(plan)
+    accepted.ClearField("node_allocation")
+    rejected: list[str] = []
+    for node_id, alloc_list in plan.node_allocation.items():
+        node = snap.node(node_id)
+        if node is None or not node_ready(node):
+            rejected.append(node_id)
+            continue
+        stopping = {a.id for a in plan.node_update.get(node_id, pb.AllocList()).allocs}
+        existing = [a for a in snap.allocs_by_node(node_id) if a.id not in stopping]
+        updating = {a.id for a in alloc_list.allocs}
+        usage = NodeUsage.of(node, [a for a in existing if a.id not in updating])
+        ok = True
+        for alloc in alloc_list.allocs:
+            cpu = sum(int(t.cpu.cpu_shares) for t in alloc.allocated_resources.tasks.values())
+            mem = sum(int(t.memory.memory_mb) for t in alloc.allocated_resources.tasks.values())
+            ports = [p.value for p in alloc.allocated_resources.shared.ports]
+            if (
+                usage.exhausted_dimension(GroupAsk(cpu, mem, (), ()))
+                or any(p in usage.ports_used for p in ports)
+                or len(set(ports)) != len(ports)
+            ):
+                ok = False
+                break
+            usage.add(alloc)
+        if ok:
+            accepted.node_allocation[node_id].CopyFrom(alloc_list)
+        else:
+            rejected.append(node_id)
+    return accepted, rejected
+
+
+def is_noop_plan(plan: pb.Plan) -> bool:
+    return not plan.node_allocation and not plan.node_update
+
+
+__all__ = ["PlanApplier", "PlanResult", "evaluate_plan", "is_noop_plan", "structs"]

@@ -1,0 +1,225 @@
+"""Consensus behind one small interface; the only module that imports PySyncObj.
+
+``Consensus`` is what the server needs: propose a serialized command and get the
+FSM's result once it is committed and applied; know whether this server leads.
+Two implementations:
+
+* ``LocalConsensus``: applies at once in-process; for unit tests and tools that
+  want a server without sockets (it is a fake, not a mock: a real, trivial engine).
+* ``PySyncObjConsensus``: PySyncObj 0.3.17, with journal and snapshots in the data
+  dir, ``useFork=False`` (gRPC does not survive fork), our own snapshot format
+  (the FSM's protobuf bytes, never a pickle of our objects), and the cluster key as
+  PySyncObj's ``password`` (its transport unpickles what it receives, so it must
+  never listen unauthenticated with peers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from corral.server.fsm import FSM, ApplyResult
+
+log = logging.getLogger(__name__)
+
+
+class NotLeaderError(Exception):
+    """The proposal must go to the leader (``leader`` may be empty when unknown)."""
+
+    def __init__(self, leader: str) -> None:
+        super().__init__(f"not the leader (leader: {leader or 'unknown'})")
+        self.leader = leader
+
+
+class ProposalError(Exception):
+    """The engine could not commit the proposal (timeout, lost leadership): the
+    outcome is unknown to the caller, as in any consensus system."""
+
+
+class Consensus(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def propose(self, data: bytes, timeout: float = 10.0) -> ApplyResult: ...
+
+    def is_leader(self) -> bool: ...
+
+    def leader(self) -> str:
+        """Raft address of the leader, or "" when unknown."""
+        ...
+
+    def self_address(self) -> str: ...
+
+    def on_leadership(self, callback: Callable[[bool], None]) -> None:
+        """``callback(True)`` when this server becomes leader, False when it stops."""
+        ...
+
+    def status(self) -> dict[str, object]: ...
+
+
+class LocalConsensus:
+    """A single in-process 'cluster' that commits instantly. Always the leader."""
+
+    def __init__(self, fsm: FSM, address: str = "local") -> None:
+        self._fsm = fsm
+        self._address = address
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[bool], None]] = []
+        self._started = False
+
+    def start(self) -> None:
+        self._started = True
+        for cb in self._callbacks:
+            cb(True)
+
+    def stop(self) -> None:
+        if self._started:
+            self._started = False
+            for cb in self._callbacks:
+                cb(False)
+
+    def propose(self, data: bytes, timeout: float = 10.0) -> ApplyResult:
+        with self._lock:
+            return self._fsm.apply(data)
+
+    def is_leader(self) -> bool:
+        return self._started
+
+    def leader(self) -> str:
+        return self._address if self._started else ""
+
+    def self_address(self) -> str:
+        return self._address
+
+    def on_leadership(self, callback: Callable[[bool], None]) -> None:
+        self._callbacks.append(callback)
+
+    def status(self) -> dict[str, object]:
+        return {"state": "leader" if self._started else "follower", "leader": self.leader()}
+
+
+class PySyncObjConsensus:
+    _LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
+
+    def __init__(
+        self,
+        fsm: FSM,
+        self_address: str,
+        peers: list[str],
+        data_dir: str,
+        password: str = "",
+        append_entries_period: float = 0.01,
+    ) -> None:
+        from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
+
+        if peers and not password:
+            raise ValueError(
+                "a multi-server cluster needs a cluster key (--encrypt): the raft "
+                "transport must not accept unauthenticated peers"
+            )
+        self._fsm = fsm
+        self._address = self_address
+        self._callbacks: list[Callable[[bool], None]] = []
+        self._was_leader = False
+        fsm_ref = fsm
+
+        class _Replicated(SyncObjConsumer):  # type: ignore[misc]
+            """Hands log entries to the FSM; snapshots are the FSM's own bytes."""
+
+            @replicated  # type: ignore[untyped-decorator]
+            def apply_entry(self, data: bytes) -> ApplyResult:
+                return fsm_ref.apply(data)
+
+            def _serialize(self) -> bytes:
+                return fsm_ref.snapshot()
+
+            def _deserialize(self, data: bytes) -> None:
+                fsm_ref.restore(data)
+
+        os.makedirs(data_dir, exist_ok=True)
+        conf = SyncObjConf(
+            password=password or None,
+            journalFile=os.path.join(data_dir, "raft.journal"),
+            fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
+            useFork=False,
+            appendEntriesPeriod=append_entries_period,
+            autoTickPeriod=append_entries_period,
+            raftMinTimeout=0.4,
+            raftMaxTimeout=1.0,
+            connectionTimeout=2.0,
+            connectionRetryTime=0.5,
+            leaderFallbackTimeout=2.0,
+            dynamicMembershipChange=True,
+            commandsWaitLeader=False,
+            onStateChanged=self._on_state_changed,
+        )
+        self._consumer = _Replicated()
+        self._syncobj_cls = SyncObj
+        self._conf = conf
+        self._peers = [p for p in peers if p != self_address]
+        self._obj: SyncObj | None = None
+
+    def start(self) -> None:
+        self._obj = self._syncobj_cls(
+            self._address, self._peers, conf=self._conf, consumers=[self._consumer]
+        )
+
+    def stop(self) -> None:
+        if self._obj is not None:
+            self._obj.destroy()
+            self._obj = None
+        if self._was_leader:
+            self._was_leader = False
+            self._notify(False)
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        leader = new == self._LEADER_STATE
+        if leader != self._was_leader:
+            self._was_leader = leader
+            # Leadership work starts/stops on its own thread: never block raft's tick.
+            threading.Thread(target=self._notify, args=(leader,), daemon=True).start()
+
+    def _notify(self, leader: bool) -> None:
+        for cb in self._callbacks:
+            try:
+                cb(leader)
+            except Exception:
+                log.exception("leadership callback failed")
+
+    def propose(self, data: bytes, timeout: float = 10.0) -> ApplyResult:
+        from pysyncobj import SyncObjException
+
+        if self._obj is None:
+            raise ProposalError("raft is not running")
+        if not self.is_leader():
+            raise NotLeaderError(self.leader())
+        try:
+            result: ApplyResult = self._consumer.apply_entry(data, sync=True, timeout=timeout)
+        except SyncObjException as exc:
+            raise ProposalError(f"raft did not commit the write: {exc}") from exc
+        return result
+
+    def is_leader(self) -> bool:
+        return self._obj is not None and bool(self._obj._isLeader())
+
+    def leader(self) -> str:
+        if self._obj is None:
+            return ""
+        node = self._obj._getLeader()
+        return str(node.address) if node is not None else ""
+
+    def self_address(self) -> str:
+        return self._address
+
+    def on_leadership(self, callback: Callable[[bool], None]) -> None:
+        self._callbacks.append(callback)
+
+    def status(self) -> dict[str, object]:
+        if self._obj is None:
+            return {"state": "stopped"}
+        st: dict[str, object] = dict(self._obj.getStatus())
+        return st

@@ -1,0 +1,480 @@
+"""The server agent: state store, FSM, consensus, and the leader-only loops.
+
+Every change is one ``pb.Command`` proposed through consensus; the methods here
+build those commands (assigning IDs and the timestamp before proposing, so that
+apply stays deterministic) and are what the gRPC and HTTP endpoints call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from corral import structs
+from corral.proto import pb
+from corral.server.eval_broker import EvalBroker
+from corral.server.fsm import COMMAND_SCHEMA, FSM, ApplyResult
+from corral.server.heartbeat import HeartbeatTracker
+from corral.server.plan_apply import PlanApplier
+from corral.server.raft import Consensus, LocalConsensus, PySyncObjConsensus
+from corral.server.state import StateStore
+from corral.server.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+class InvalidRequest(Exception):
+    """Bad input: nothing was changed. ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class NotFound(Exception):
+    pass
+
+
+class Ambiguous(Exception):
+    pass
+
+
+@dataclass
+class ServerConfig:
+    data_dir: str = ""
+    raft_address: str = "127.0.0.1:4648"
+    raft_peers: tuple[str, ...] = ()
+    encrypt: str = ""
+    num_workers: int = 0  # 0 = one per core
+    min_heartbeat_ttl: float = 10.0
+    heartbeat_grace: float = 10.0
+    failover_heartbeat_ttl: float = 300.0
+    in_memory: bool = False  # LocalConsensus: unit tests
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+class Server:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.state = StateStore()
+        self.fsm = FSM(self.state)
+        self.fsm.listeners.append(self._on_apply)
+        if config.in_memory:
+            self.raft: Consensus = LocalConsensus(self.fsm, config.raft_address)
+        else:
+            self.raft = PySyncObjConsensus(
+                self.fsm,
+                config.raft_address,
+                list(config.raft_peers),
+                os.path.join(config.data_dir, "raft"),
+                password=config.encrypt,
+                append_entries_period=0.005,
+            )
+        self.broker = EvalBroker()
+        self.applier = PlanApplier(self.state, self._commit_plan)
+        self.heartbeats = HeartbeatTracker(
+            self._node_expired,
+            min_ttl=config.min_heartbeat_ttl,
+            grace=config.heartbeat_grace,
+            failover_ttl=config.failover_heartbeat_ttl,
+        )
+        n = config.num_workers or max(os.cpu_count() or 1, 1)
+        self.workers = [
+            Worker(f"worker-{i}", self.state, self.broker, self.applier, self.update_evals, now_ns)
+            for i in range(n)
+        ]
+        self._leader_lock = threading.Lock()
+        self._leading = False
+        self._unblock = threading.Event()
+        self._unblock_thread: threading.Thread | None = None
+        self.raft.on_leadership(self._on_leadership)
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.raft.start()
+
+    def stop(self) -> None:
+        self._on_leadership(False)
+        self.raft.stop()
+
+    def is_leader(self) -> bool:
+        return self.raft.is_leader()
+
+    def wait_leader(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._leading:
+                return True
+            time.sleep(0.02)
+        return self._leading
+
+    def _on_leadership(self, leader: bool) -> None:
+        with self._leader_lock:
+            if leader == self._leading:
+                return
+            self._leading = leader
+            if leader:
+                self._establish_leadership()
+            else:
+                self._revoke_leadership()
+
+    def _establish_leadership(self) -> None:
+        log.info("became leader; starting leader loops")
+        # A barrier: once our no-op is applied, the state holds every entry of
+        # earlier terms, so the loops below are rebuilt from complete state.
+        try:
+            self.propose(pb.Command(noop=pb.NoopCommand()))
+        except Exception:
+            log.exception("leadership barrier failed")
+        self.broker.set_enabled(True)
+        self.applier.start()
+        for w in self.workers:
+            w.start()
+        snap = self.state.snapshot()
+        for ev in snap.evals():
+            if ev.status == structs.EVAL_STATUS_PENDING:
+                self.broker.enqueue(ev)
+            elif ev.status == structs.EVAL_STATUS_BLOCKED:
+                self.broker.block(ev)
+        self.heartbeats.start(
+            [n.id for n in snap.nodes() if n.status != structs.NODE_STATUS_DOWN]
+        )
+        self._unblock_thread = threading.Thread(
+            target=self._unblock_loop, name="unblock", daemon=True
+        )
+        self._unblock_thread.start()
+        self._unblock.set()
+
+    def _revoke_leadership(self) -> None:
+        log.info("leadership lost; stopping leader loops")
+        self.heartbeats.stop()
+        self.broker.set_enabled(False)
+        for w in self.workers:
+            w.stop()
+        self.applier.stop()
+        self._unblock.set()
+
+    # ------------------------------------------------------------ raft plumbing
+    def propose(self, cmd: pb.Command, timeout: float = 15.0) -> ApplyResult:
+        cmd.schema = COMMAND_SCHEMA
+        if not cmd.now:
+            cmd.now = now_ns()
+        result = self.raft.propose(cmd.SerializeToString(), timeout=timeout)
+        return result
+
+    def _on_apply(self, index: int, cmd: pb.Command) -> None:
+        """FSM listener (runs on the apply path: must be quick and never block)."""
+        if not self._leading:
+            return
+        kind = cmd.WhichOneof("kind")
+        evals: list[pb.Evaluation] = []
+        if kind == "job_register" and cmd.job_register.HasField("eval"):
+            evals = [cmd.job_register.eval]
+        elif kind == "job_deregister" and cmd.job_deregister.HasField("eval"):
+            evals = [cmd.job_deregister.eval]
+        elif kind in (
+            "node_register",
+            "node_status",
+            "node_eligibility",
+            "node_drain",
+            "alloc_client_update",
+            "eval_update",
+            "apply_plan",
+            "alloc_desired_transition",
+        ):
+            evals = list(getattr(cmd, kind).evals)
+        for ev in evals:
+            stored = self.state.eval(ev.id)
+            if stored is None:
+                continue
+            if stored.status == structs.EVAL_STATUS_PENDING:
+                self.broker.enqueue(stored)
+            elif stored.status == structs.EVAL_STATUS_BLOCKED:
+                self.broker.block(stored)
+        if self._frees_capacity(kind, cmd):
+            self._unblock.set()
+
+    @staticmethod
+    def _frees_capacity(kind: str | None, cmd: pb.Command) -> bool:
+        if kind == "node_register":
+            return True
+        if kind == "node_status":
+            return cmd.node_status.status == structs.NODE_STATUS_READY
+        if kind == "node_eligibility":
+            return cmd.node_eligibility.eligibility == structs.NODE_ELIGIBLE
+        if kind == "node_drain":
+            return not cmd.node_drain.HasField("drain_strategy")
+        if kind == "alloc_client_update":
+            return any(
+                a.client_status in structs.ALLOC_TERMINAL_CLIENT
+                for a in cmd.alloc_client_update.allocs
+            )
+        if kind == "apply_plan":
+            return bool(cmd.apply_plan.plan.node_update)
+        return False
+
+    def _unblock_loop(self) -> None:
+        """Turns blocked evaluations back into pending ones when capacity may have
+        appeared. Coalesces bursts: one pass per wake-up."""
+        while self._leading:
+            self._unblock.wait()
+            self._unblock.clear()
+            if not self._leading:
+                return
+            released = self.broker.unblock_all()
+            if not released:
+                continue
+            updates = []
+            for ev in released:
+                stored = self.state.eval(ev.id)
+                if stored is None or stored.status != structs.EVAL_STATUS_BLOCKED:
+                    continue
+                upd = pb.Evaluation()
+                upd.CopyFrom(stored)
+                upd.status = structs.EVAL_STATUS_PENDING
+                upd.status_description = "unblocked: capacity may be available"
+                updates.append(upd)
+            if updates:
+                try:
+                    self.update_evals(updates)
+                except Exception:
+                    log.exception("unblocking evaluations failed")
+
+    def _commit_plan(self, plan: pb.Plan, evals: list[pb.Evaluation]) -> int:
+        result = self.propose(
+            pb.Command(apply_plan=pb.ApplyPlanCommand(plan=plan, evals=evals))
+        )
+        return result.index
+
+    def update_evals(self, evals: list[pb.Evaluation]) -> int:
+        return self.propose(pb.Command(eval_update=pb.EvalUpdateCommand(evals=evals))).index
+
+    def _new_eval(
+        self, job: pb.Job | None, namespace: str, job_id: str, trigger: str, node_id: str = ""
+    ) -> pb.Evaluation:
+        return pb.Evaluation(
+            id=structs.new_id(),
+            namespace=namespace,
+            priority=job.priority if job is not None else structs.DEFAULT_PRIORITY,
+            type=job.type if job is not None else structs.JOB_TYPE_SERVICE,
+            triggered_by=trigger,
+            job_id=job_id,
+            node_id=node_id,
+            status=structs.EVAL_STATUS_PENDING,
+            create_time=now_ns(),
+        )
+
+    # ------------------------------------------------------------ jobs
+    def register_job(self, job: pb.Job) -> pb.JobRegisterResponse:
+        from corral import jobspec
+
+        job = _copy(job)
+        structs.canonicalize(job)
+        problems = jobspec.validate(job)
+        if problems:
+            raise InvalidRequest(problems)
+        ev = self._new_eval(job, job.namespace, job.id, structs.TRIGGER_JOB_REGISTER)
+        result = self.propose(
+            pb.Command(job_register=pb.JobRegisterCommand(job=job, eval=ev))
+        )
+        if result.error:
+            raise InvalidRequest([result.error])
+        stored = self.state.job(job.namespace, job.id)
+        return pb.JobRegisterResponse(
+            eval_id=ev.id,
+            eval_create_index=result.index,
+            job_modify_index=stored.job_modify_index if stored is not None else result.index,
+            index=result.index,
+        )
+
+    def deregister_job(self, namespace: str, job_id: str, purge: bool) -> pb.JobDeregisterResponse:
+        namespace = namespace or structs.DEFAULT_NAMESPACE
+        job = self.state.job(namespace, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found")
+        ev = self._new_eval(job, namespace, job_id, structs.TRIGGER_JOB_DEREGISTER)
+        result = self.propose(
+            pb.Command(
+                job_deregister=pb.JobDeregisterCommand(
+                    namespace=namespace, job_id=job_id, purge=purge, eval=ev
+                )
+            )
+        )
+        if result.error:
+            raise NotFound(result.error)
+        return pb.JobDeregisterResponse(eval_id=ev.id, index=result.index)
+
+    # ------------------------------------------------------------ nodes
+    def register_node(self, node: pb.Node) -> pb.NodeHeartbeatResponse:
+        problems = []
+        if not node.id:
+            problems.append("node ID is required")
+        if not node.secret_id:
+            problems.append("node secret ID is required")
+        if problems:
+            raise InvalidRequest(problems)
+        node = _copy(node)
+        node.status = structs.NODE_STATUS_READY
+        old = self.state.node(node.id)
+        evals = []
+        if old is not None and old.status == structs.NODE_STATUS_DOWN:
+            evals = self._evals_for_node(node.id, structs.TRIGGER_NODE_UPDATE)
+        result = self.propose(
+            pb.Command(node_register=pb.NodeRegisterCommand(node=node, evals=evals))
+        )
+        if result.error:
+            raise InvalidRequest([result.error])
+        ttl = self.heartbeats.ttl()
+        self.heartbeats.reset(node.id, ttl)
+        return pb.NodeHeartbeatResponse(
+            heartbeat_ttl=int(ttl * 1e9), index=result.index, leader=self.raft.leader()
+        )
+
+    def heartbeat(self, node_id: str, secret_id: str) -> pb.NodeHeartbeatResponse:
+        node = self.state.node(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id} not registered")
+        if node.secret_id and secret_id != node.secret_id:
+            raise InvalidRequest(["node secret ID does not match"])
+        index = self.state.index
+        if node.status != structs.NODE_STATUS_READY:
+            evals = self._evals_for_node(node_id, structs.TRIGGER_NODE_UPDATE)
+            index = self.propose(
+                pb.Command(
+                    node_status=pb.NodeStatusCommand(
+                        node_id=node_id, status=structs.NODE_STATUS_READY, evals=evals
+                    )
+                )
+            ).index
+        ttl = self.heartbeats.ttl()
+        self.heartbeats.reset(node_id, ttl)
+        return pb.NodeHeartbeatResponse(
+            heartbeat_ttl=int(ttl * 1e9), index=index, leader=self.raft.leader()
+        )
+
+    def _node_expired(self, node_id: str) -> None:
+        node = self.state.node(node_id)
+        if node is None or node.status == structs.NODE_STATUS_DOWN:
+            return
+        log.warning("node %s missed its heartbeat; marking it down", node_id)
+        evals = self._evals_for_node(node_id, structs.TRIGGER_NODE_UPDATE)
+        self.propose(
+            pb.Command(
+                node_status=pb.NodeStatusCommand(
+                    node_id=node_id,
+                    status=structs.NODE_STATUS_DOWN,
+                    status_description="missed heartbeat",
+                    evals=evals,
+                )
+            )
+        )
+
+    def _evals_for_node(self, node_id: str, trigger: str) -> list[pb.Evaluation]:
+        """One evaluation per job with live allocations on the node."""
+        jobs: dict[tuple[str, str], pb.Job | None] = {}
+        for alloc in self.state.allocs_by_node(node_id):
+            if not structs.is_alloc_terminal(alloc):
+                key = (alloc.namespace, alloc.job_id)
+                jobs[key] = self.state.job(*key)
+        return [self._new_eval(job, ns, jid, trigger, node_id) for (ns, jid), job in jobs.items()]
+
+    def set_eligibility(self, node_id: str, eligible: bool) -> pb.WriteResponse:
+        node = self.resolve_node(node_id)
+        result = self.propose(
+            pb.Command(
+                node_eligibility=pb.NodeEligibilityCommand(
+                    node_id=node.id,
+                    eligibility=structs.NODE_ELIGIBLE if eligible else structs.NODE_INELIGIBLE,
+                )
+            )
+        )
+        return pb.WriteResponse(index=result.index)
+
+    # ------------------------------------------------------------ allocations
+    def update_allocs_from_client(self, allocs: list[pb.Allocation]) -> int:
+        if not allocs:
+            return self.state.index
+        result = self.propose(
+            pb.Command(alloc_client_update=pb.AllocClientUpdateCommand(allocs=allocs))
+        )
+        return result.index
+
+    def node_allocations(self, node_id: str) -> list[pb.Allocation]:
+        """The node's allocations, each with its job version attached (what a
+        client needs to run it)."""
+        out = []
+        for alloc in self.state.allocs_by_node(node_id):
+            full = _copy(alloc)
+            job = self.state.job_version(alloc.namespace, alloc.job_id, alloc.job_version)
+            if job is not None:
+                full.job.CopyFrom(job)
+            out.append(full)
+        return out
+
+    # ------------------------------------------------------------ lookups
+    def _resolve(self, table: str, prefix: str, what: str) -> str:
+        if not prefix:
+            raise InvalidRequest([f"{what} ID is required"])
+        matches = self.state.find_by_prefix(table, prefix)
+        if not matches:
+            raise NotFound(f"no {what} with ID prefix {prefix!r}")
+        if len(matches) > 1:
+            shown = ", ".join(m[:8] for m in matches[:10])
+            raise Ambiguous(f"prefix {prefix!r} matched {len(matches)} {what}s: {shown}")
+        return matches[0]
+
+    def resolve_alloc(self, prefix: str) -> pb.Allocation:
+        alloc = self.state.alloc(self._resolve("allocs", prefix, "allocation"))
+        assert alloc is not None
+        return alloc
+
+    def resolve_node(self, prefix: str) -> pb.Node:
+        node = self.state.node(self._resolve("nodes", prefix, "node"))
+        assert node is not None
+        return node
+
+    def resolve_eval(self, prefix: str) -> pb.Evaluation:
+        ev = self.state.eval(self._resolve("evals", prefix, "evaluation"))
+        assert ev is not None
+        return ev
+
+    def job_status(self, job: pb.Job) -> str:
+        """Nomad's job status, derived from allocations (never stored)."""
+        allocs = self.state.allocs_by_job(job.namespace, job.id)
+        if any(not structs.is_alloc_terminal(a) for a in allocs):
+            return structs.JOB_STATUS_RUNNING
+        if job.stop:
+            return structs.JOB_STATUS_DEAD
+        if job.type == structs.JOB_TYPE_BATCH and allocs:
+            return structs.JOB_STATUS_DEAD
+        evals = self.state.evals_by_job(job.namespace, job.id)
+        if any(e.status in (structs.EVAL_STATUS_PENDING, structs.EVAL_STATUS_BLOCKED) for e in evals):
+            return structs.JOB_STATUS_PENDING
+        return structs.JOB_STATUS_PENDING if not allocs else structs.JOB_STATUS_DEAD
+
+    def with_status(self, job: pb.Job) -> pb.Job:
+        out = _copy(job)
+        out.status = self.job_status(job)
+        return out
+
+
+def _copy(msg: _M) -> _M:
+    out = type(msg)()
+    out.CopyFrom(msg)
+    return out
+
+
+from typing import TypeVar  # noqa: E402
+
+from google.protobuf.message import Message  # noqa: E402
+
+_M = TypeVar("_M", bound=Message)
+
+__all__ = ["Ambiguous", "InvalidRequest", "NotFound", "Server", "ServerConfig", "Callable"]
