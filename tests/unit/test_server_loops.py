@@ -1,0 +1,161 @@
+"""Leader loops without sockets: eval broker, plan applier, restart policy, and a
+whole in-memory server (LocalConsensus) taking a job from register to placement."""
+
+from __future__ import annotations
+
+import time
+
+from corral import structs
+from corral.client.restarts import DONE, FAIL, RESTART, RestartTracker
+from corral.proto import pb
+from corral.server.eval_broker import DELIVERY_LIMIT, EvalBroker
+from corral.server.fsm import FSM
+from corral.server.plan_apply import evaluate_plan
+from corral.server.server import InvalidRequest, Server, ServerConfig
+from corral.server.state import StateStore
+from tests.support import factories as f
+from tests.support.factories import command
+
+
+def ev_for(job_id: str, priority: int = 50) -> pb.Evaluation:
+    return pb.Evaluation(id=f.uid("e"), namespace="default", job_id=job_id, priority=priority)
+
+
+def test_broker_serializes_per_job_and_orders_by_priority() -> None:
+    b = EvalBroker()
+    b.set_enabled(True)
+    a1, a2, hi = ev_for("a"), ev_for("a"), ev_for("b", priority=90)
+    for e in (a1, a2, hi):
+        b.enqueue(e)
+    first = b.dequeue(0.1)
+    second = b.dequeue(0.1)
+    assert first is not None and second is not None
+    assert first[0].id == hi.id and second[0].id == a1.id
+    assert b.dequeue(0.05) is None  # a2 waits behind a1 (same job)
+    b.ack(a1.id, second[1])
+    third = b.dequeue(0.1)
+    assert third is not None and third[0].id == a2.id
+
+
+def test_broker_redelivers_nacked_until_the_limit() -> None:
+    b = EvalBroker()
+    b.set_enabled(True)
+    e = ev_for("a")
+    b.enqueue(e)
+    for attempt in range(1, DELIVERY_LIMIT + 1):
+        got = b.dequeue(0.1)
+        assert got is not None and got[0].id == e.id
+        assert b.nack(e.id, got[1]) == (attempt < DELIVERY_LIMIT)
+    assert b.dequeue(0.05) is None
+
+
+def test_broker_requeues_after_nack_timeout() -> None:
+    b = EvalBroker(nack_timeout=0.05)
+    b.set_enabled(True)
+    e = ev_for("a")
+    b.enqueue(e)
+    assert b.dequeue(0.1) is not None
+    again = b.dequeue(1.0)
+    assert again is not None and again[0].id == e.id
+
+
+def test_plan_applier_refuses_overcommit_from_a_stale_plan() -> None:
+    fsm = FSM(StateStore())
+    node = f.node(cpu=1000, memory=1000)
+    fsm.apply(command(node_register=pb.NodeRegisterCommand(node=node)))
+
+    def plan_with(cpu: int, port: int) -> pb.Plan:
+        alloc = pb.Allocation(id=f.uid("c"), namespace="default", job_id="j", node_id=node.id, desired_status="run")
+        alloc.allocated_resources.tasks["t"].cpu.cpu_shares = cpu
+        alloc.allocated_resources.tasks["t"].memory.memory_mb = 10
+        alloc.allocated_resources.shared.ports.add(label="http", value=port)
+        plan = pb.Plan()
+        plan.node_allocation[node.id].allocs.append(alloc)
+        return plan
+
+    # Two workers planned on the same snapshot; the first commits.
+    first, second = plan_with(700, 20001), plan_with(700, 20002)
+    accepted, rejected = evaluate_plan(fsm.state, first)
+    assert not rejected
+    fsm.apply(command(apply_plan=pb.ApplyPlanCommand(plan=accepted)))
+    accepted, rejected = evaluate_plan(fsm.state, second)
+    assert rejected == [node.id] and not accepted.node_allocation
+    # A port given twice is refused too.
+    accepted, rejected = evaluate_plan(fsm.state, plan_with(10, 20001))
+    assert rejected == [node.id]
+
+
+def test_restart_tracker_follows_policy() -> None:
+    policy = pb.RestartPolicy(attempts=2, interval=100, delay=5, mode="fail")
+    t = RestartTracker(policy, "service")
+    assert t.on_exit(0, successful=True).action == RESTART  # services run forever
+    assert t.on_exit(10, successful=False).action == RESTART
+    assert t.on_exit(20, successful=False).action == FAIL
+    # After the interval the budget is back.
+    assert t.on_exit(200, successful=False).action == RESTART
+    batch = RestartTracker(policy, "batch")
+    assert batch.on_exit(0, successful=True).action == DONE
+    delay_mode = RestartTracker(pb.RestartPolicy(attempts=0, interval=100, delay=5, mode="delay"), "service")
+    assert delay_mode.on_exit(0, successful=False).action == FAIL  # nothing to wait for yet
+    assert RestartTracker(policy, "service").on_start_error(0, False, "no image").action == FAIL
+
+
+def test_in_memory_server_places_a_registered_job() -> None:
+    server = Server(ServerConfig(in_memory=True, num_workers=1))
+    server.start()
+    try:
+        assert server.wait_leader(5)
+        node = f.node()
+        server.register_node(node)
+        resp = server.register_job(f.job(count=3))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            ev = server.state.eval(resp.eval_id)
+            if ev is not None and ev.status != structs.EVAL_STATUS_PENDING:
+                break
+            time.sleep(0.01)
+        assert ev is not None and ev.status == structs.EVAL_STATUS_COMPLETE
+        assert len(server.state.allocs_by_node(node.id)) == 3
+    finally:
+        server.stop()
+
+
+def test_in_memory_server_blocks_then_places_when_capacity_appears() -> None:
+    server = Server(ServerConfig(in_memory=True, num_workers=1))
+    server.start()
+    try:
+        assert server.wait_leader(5)
+        resp = server.register_job(f.job(count=2))
+        deadline = time.monotonic() + 10
+        ev = None
+        while time.monotonic() < deadline:
+            ev = server.state.eval(resp.eval_id)
+            if ev is not None and ev.status == structs.EVAL_STATUS_COMPLETE:
+                break
+            time.sleep(0.01)
+        assert ev is not None and ev.blocked_eval and ev.failed_tg_allocs["web"].nodes_evaluated == 0
+        server.register_node(f.node())
+        while time.monotonic() < deadline and len(server.state.allocs_by_job("default", "web")) < 2:
+            time.sleep(0.01)
+        assert len(server.state.allocs_by_job("default", "web")) == 2
+    finally:
+        server.stop()
+
+
+def test_invalid_job_is_refused_and_changes_nothing() -> None:
+    server = Server(ServerConfig(in_memory=True, num_workers=1))
+    server.start()
+    try:
+        job = f.job()
+        job.task_groups[0].tasks[0].driver = "nosuchdriver"
+        job.task_groups[0].count = -1
+        index = server.state.index
+        try:
+            server.register_job(job)
+        except InvalidRequest as exc:
+            assert len(exc.problems) >= 2
+        else:
+            raise AssertionError("an invalid job was accepted")
+        assert server.state.index == index and server.state.jobs() == []
+    finally:
+        server.stop()
