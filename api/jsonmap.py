@@ -160,7 +160,9 @@ def from_json(
 
 
 def _is_empty(value: Any) -> bool:
-    return value is None or value == "" or value == 0 or value is False or value == [] or value == {}
+    return (
+        value is None or value == "" or value == 0 or value is False or value == [] or value == {}
+    )
 
 
 def _scalar(field: FieldDescriptor, value: Any, path: str) -> Any:

@@ -59,6 +59,9 @@ class Agent:
                     failover_heartbeat_ttl=max(cfg.min_heartbeat_ttl * 3, 30.0)
                     if cfg.dev
                     else 300.0,
+                    name=cfg.node_name or raft_addr,
+                    rpc_address=self.rpc_addr,
+                    http_address=f"{cfg.bind}:{cfg.http_port}",
                 )
             )
             self.grpc_server = grpc.server(

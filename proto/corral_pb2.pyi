@@ -2022,6 +2022,7 @@ class ServiceRegistration(_message.Message):
     PORT_FIELD_NUMBER: _builtins.int
     CREATE_INDEX_FIELD_NUMBER: _builtins.int
     MODIFY_INDEX_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     service_name: _builtins.str
     namespace: _builtins.str
@@ -2033,6 +2034,10 @@ class ServiceRegistration(_message.Message):
     port: _builtins.int
     create_index: _builtins.int
     modify_index: _builtins.int
+    health: _builtins.str
+    """corral's addition: "passing" or "critical" from the client's checks ("" = no
+    checks, counts as passing). Listings hide non-passing instances unless asked.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -2050,10 +2055,11 @@ class ServiceRegistration(_message.Message):
         port: _builtins.int = ...,
         create_index: _builtins.int = ...,
         modify_index: _builtins.int = ...,
+        health: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alloc_id", b"alloc_id", "create_index", b"create_index", "datacenter", b"datacenter", "id", b"id", "job_id", b"job_id", "modify_index", b"modify_index", "namespace", b"namespace", "node_id", b"node_id", "port", b"port", "service_name", b"service_name", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alloc_id", b"alloc_id", "create_index", b"create_index", "datacenter", b"datacenter", "health", b"health", "id", b"id", "job_id", b"job_id", "modify_index", b"modify_index", "namespace", b"namespace", "node_id", b"node_id", "port", b"port", "service_name", b"service_name", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2547,6 +2553,62 @@ class NoopCommand(_message.Message):
 Global___NoopCommand: _TypeAlias = NoopCommand  # noqa: Y015
 
 @_typing.final
+class ServerRegisterCommand(_message.Message):
+    """A server announces its addresses (the leader on each election, followers once)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def member(self) -> Global___ServerMember: ...
+    def __init__(
+        self,
+        *,
+        member: Global___ServerMember | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerRegisterCommand: _TypeAlias = ServerRegisterCommand  # noqa: Y015
+
+@_typing.final
+class JobScaleCommand(_message.Message):
+    """Job scaling: a new job version with one group's count changed, and its eval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    EVAL_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    job_id: _builtins.str
+    group: _builtins.str
+    count: _builtins.int
+    @_builtins.property
+    def eval(self) -> Global___Evaluation: ...
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        group: _builtins.str = ...,
+        count: _builtins.int = ...,
+        eval: Global___Evaluation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["eval", b"eval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "eval", b"eval", "group", b"group", "job_id", b"job_id", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobScaleCommand: _TypeAlias = JobScaleCommand  # noqa: Y015
+
+@_typing.final
 class Command(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -2566,6 +2628,8 @@ class Command(_message.Message):
     SERVICE_UPSERT_FIELD_NUMBER: _builtins.int
     SERVICE_DELETE_FIELD_NUMBER: _builtins.int
     NOOP_FIELD_NUMBER: _builtins.int
+    SERVER_REGISTER_FIELD_NUMBER: _builtins.int
+    JOB_SCALE_FIELD_NUMBER: _builtins.int
     schema: _builtins.int
     """Schema version of the command encoding; bumped on incompatible changes."""
     now: _builtins.int
@@ -2598,6 +2662,10 @@ class Command(_message.Message):
     def service_delete(self) -> Global___ServiceDeleteCommand: ...
     @_builtins.property
     def noop(self) -> Global___NoopCommand: ...
+    @_builtins.property
+    def server_register(self) -> Global___ServerRegisterCommand: ...
+    @_builtins.property
+    def job_scale(self) -> Global___JobScaleCommand: ...
     def __init__(
         self,
         *,
@@ -2617,12 +2685,14 @@ class Command(_message.Message):
         service_upsert: Global___ServiceUpsertCommand | None = ...,
         service_delete: Global___ServiceDeleteCommand | None = ...,
         noop: Global___NoopCommand | None = ...,
+        server_register: Global___ServerRegisterCommand | None = ...,
+        job_scale: Global___JobScaleCommand | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["alloc_client_update", b"alloc_client_update", "alloc_desired_transition", b"alloc_desired_transition", "apply_plan", b"apply_plan", "eval_delete", b"eval_delete", "eval_update", b"eval_update", "job_deregister", b"job_deregister", "job_register", b"job_register", "kind", b"kind", "node_drain", b"node_drain", "node_eligibility", b"node_eligibility", "node_register", b"node_register", "node_status", b"node_status", "noop", b"noop", "service_delete", b"service_delete", "service_upsert", b"service_upsert"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alloc_client_update", b"alloc_client_update", "alloc_desired_transition", b"alloc_desired_transition", "apply_plan", b"apply_plan", "eval_delete", b"eval_delete", "eval_update", b"eval_update", "job_deregister", b"job_deregister", "job_register", b"job_register", "job_scale", b"job_scale", "kind", b"kind", "node_drain", b"node_drain", "node_eligibility", b"node_eligibility", "node_register", b"node_register", "node_status", b"node_status", "noop", b"noop", "server_register", b"server_register", "service_delete", b"service_delete", "service_upsert", b"service_upsert"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_client_update", b"alloc_client_update", "alloc_desired_transition", b"alloc_desired_transition", "apply_plan", b"apply_plan", "eval_delete", b"eval_delete", "eval_update", b"eval_update", "job_deregister", b"job_deregister", "job_register", b"job_register", "kind", b"kind", "node_drain", b"node_drain", "node_eligibility", b"node_eligibility", "node_register", b"node_register", "node_status", b"node_status", "noop", b"noop", "now", b"now", "schema", b"schema", "service_delete", b"service_delete", "service_upsert", b"service_upsert"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_client_update", b"alloc_client_update", "alloc_desired_transition", b"alloc_desired_transition", "apply_plan", b"apply_plan", "eval_delete", b"eval_delete", "eval_update", b"eval_update", "job_deregister", b"job_deregister", "job_register", b"job_register", "job_scale", b"job_scale", "kind", b"kind", "node_drain", b"node_drain", "node_eligibility", b"node_eligibility", "node_register", b"node_register", "node_status", b"node_status", "noop", b"noop", "now", b"now", "schema", b"schema", "server_register", b"server_register", "service_delete", b"service_delete", "service_upsert", b"service_upsert"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["job_register", "job_deregister", "node_register", "node_status", "node_eligibility", "node_drain", "alloc_client_update", "eval_update", "eval_delete", "apply_plan", "alloc_desired_transition", "service_upsert", "service_delete", "noop"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["job_register", "job_deregister", "node_register", "node_status", "node_eligibility", "node_drain", "alloc_client_update", "eval_update", "eval_delete", "apply_plan", "alloc_desired_transition", "service_upsert", "service_delete", "noop", "server_register", "job_scale"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -2666,6 +2736,7 @@ class StateSnapshot(_message.Message):
     EVALS_FIELD_NUMBER: _builtins.int
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     SERVICES_FIELD_NUMBER: _builtins.int
+    SERVERS_FIELD_NUMBER: _builtins.int
     schema: _builtins.int
     index: _builtins.int
     @_builtins.property
@@ -2686,6 +2757,8 @@ class StateSnapshot(_message.Message):
     def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Deployment]: ...
     @_builtins.property
     def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceRegistration]: ...
+    @_builtins.property
+    def servers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServerMember]: ...
     def __init__(
         self,
         *,
@@ -2699,10 +2772,11 @@ class StateSnapshot(_message.Message):
         evals: _abc.Iterable[Global___Evaluation] | None = ...,
         deployments: _abc.Iterable[Global___Deployment] | None = ...,
         services: _abc.Iterable[Global___ServiceRegistration] | None = ...,
+        servers: _abc.Iterable[Global___ServerMember] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocs", b"allocs", "deployments", b"deployments", "evals", b"evals", "index", b"index", "job_versions", b"job_versions", "jobs", b"jobs", "nodes", b"nodes", "schema", b"schema", "services", b"services", "table_index", b"table_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocs", b"allocs", "deployments", b"deployments", "evals", b"evals", "index", b"index", "job_versions", b"job_versions", "jobs", b"jobs", "nodes", b"nodes", "schema", b"schema", "servers", b"servers", "services", b"services", "table_index", b"table_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3812,3 +3886,547 @@ class StatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class JobPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    DIFF_FIELD_NUMBER: _builtins.int
+    diff: _builtins.bool
+    @_builtins.property
+    def job(self) -> Global___Job: ...
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+        diff: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["diff", b"diff", "job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobPlanRequest: _TypeAlias = JobPlanRequest  # noqa: Y015
+
+@_typing.final
+class JobPlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AnnotationsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___PlanAnnotation: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___PlanAnnotation | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class FailedTgAllocsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___AllocMetric: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___AllocMetric | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DIFF_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
+    FAILED_TG_ALLOCS_FIELD_NUMBER: _builtins.int
+    JOB_MODIFY_INDEX_FIELD_NUMBER: _builtins.int
+    diff: _builtins.str
+    """Human-readable diff of the job against the registered version ("" if new)."""
+    changed: _builtins.bool
+    job_modify_index: _builtins.int
+    @_builtins.property
+    def annotations(self) -> _containers.MessageMap[_builtins.str, Global___PlanAnnotation]:
+        """Per group: counts of what the plan would do."""
+
+    @_builtins.property
+    def failed_tg_allocs(self) -> _containers.MessageMap[_builtins.str, Global___AllocMetric]: ...
+    def __init__(
+        self,
+        *,
+        diff: _builtins.str = ...,
+        changed: _builtins.bool = ...,
+        annotations: _abc.Mapping[_builtins.str, Global___PlanAnnotation] | None = ...,
+        failed_tg_allocs: _abc.Mapping[_builtins.str, Global___AllocMetric] | None = ...,
+        job_modify_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "changed", b"changed", "diff", b"diff", "failed_tg_allocs", b"failed_tg_allocs", "job_modify_index", b"job_modify_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobPlanResponse: _TypeAlias = JobPlanResponse  # noqa: Y015
+
+@_typing.final
+class PlanAnnotation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLACE_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    IN_PLACE_UPDATE_FIELD_NUMBER: _builtins.int
+    DESTRUCTIVE_UPDATE_FIELD_NUMBER: _builtins.int
+    IGNORE_FIELD_NUMBER: _builtins.int
+    CANARY_FIELD_NUMBER: _builtins.int
+    place: _builtins.int
+    stop: _builtins.int
+    in_place_update: _builtins.int
+    destructive_update: _builtins.int
+    ignore: _builtins.int
+    canary: _builtins.int
+    def __init__(
+        self,
+        *,
+        place: _builtins.int = ...,
+        stop: _builtins.int = ...,
+        in_place_update: _builtins.int = ...,
+        destructive_update: _builtins.int = ...,
+        ignore: _builtins.int = ...,
+        canary: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "destructive_update", b"destructive_update", "ignore", b"ignore", "in_place_update", b"in_place_update", "place", b"place", "stop", b"stop"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanAnnotation: _TypeAlias = PlanAnnotation  # noqa: Y015
+
+@_typing.final
+class JobValidateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job: ...
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobValidateRequest: _TypeAlias = JobValidateRequest  # noqa: Y015
+
+@_typing.final
+class JobValidateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALIDATION_ERRORS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    DRIVER_CONFIG_VALIDATED_FIELD_NUMBER: _builtins.int
+    error: _builtins.str
+    warnings: _builtins.str
+    driver_config_validated: _builtins.bool
+    @_builtins.property
+    def validation_errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        validation_errors: _abc.Iterable[_builtins.str] | None = ...,
+        error: _builtins.str = ...,
+        warnings: _builtins.str = ...,
+        driver_config_validated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_config_validated", b"driver_config_validated", "error", b"error", "validation_errors", b"validation_errors", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobValidateResponse: _TypeAlias = JobValidateResponse  # noqa: Y015
+
+@_typing.final
+class JobScaleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    namespace: _builtins.str
+    group: _builtins.str
+    count: _builtins.int
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        group: _builtins.str = ...,
+        count: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "group", b"group", "job_id", b"job_id", "message", b"message", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobScaleRequest: _TypeAlias = JobScaleRequest  # noqa: Y015
+
+@_typing.final
+class JobRevertRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ENFORCE_PRIOR_VERSION_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    namespace: _builtins.str
+    version: _builtins.int
+    enforce_prior_version: _builtins.int
+    """Only revert if the current version is this one (optional; 0 = any)."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        version: _builtins.int = ...,
+        enforce_prior_version: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enforce_prior_version", b"_enforce_prior_version", "enforce_prior_version", b"enforce_prior_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enforce_prior_version", b"_enforce_prior_version", "enforce_prior_version", b"enforce_prior_version", "job_id", b"job_id", "namespace", b"namespace", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__enforce_prior_version: _TypeAlias = _typing.Literal["enforce_prior_version"]  # noqa: Y015
+    _WhichOneofArgType__enforce_prior_version: _TypeAlias = _typing.Literal["_enforce_prior_version", b"_enforce_prior_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enforce_prior_version) -> _WhichOneofReturnType__enforce_prior_version | None: ...
+
+Global___JobRevertRequest: _TypeAlias = JobRevertRequest  # noqa: Y015
+
+@_typing.final
+class AllocRestartRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOC_ID_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    alloc_id: _builtins.str
+    task: _builtins.str
+    """Empty: every task of the allocation."""
+    def __init__(
+        self,
+        *,
+        alloc_id: _builtins.str = ...,
+        task: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_id", b"alloc_id", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllocRestartRequest: _TypeAlias = AllocRestartRequest  # noqa: Y015
+
+@_typing.final
+class AllocRestartResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllocRestartResponse: _TypeAlias = AllocRestartResponse  # noqa: Y015
+
+@_typing.final
+class ServiceListRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def query(self) -> Global___QueryOptions: ...
+    def __init__(
+        self,
+        *,
+        query: Global___QueryOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceListRequest: _TypeAlias = ServiceListRequest  # noqa: Y015
+
+@_typing.final
+class ServiceStub(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_NAME_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    service_name: _builtins.str
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        service_name: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_name", b"service_name", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceStub: _TypeAlias = ServiceStub  # noqa: Y015
+
+@_typing.final
+class ServiceListResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceStub]: ...
+    @_builtins.property
+    def meta(self) -> Global___QueryMeta: ...
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        services: _abc.Iterable[Global___ServiceStub] | None = ...,
+        meta: Global___QueryMeta | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "namespace", b"namespace", "services", b"services"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceListResponse: _TypeAlias = ServiceListResponse  # noqa: Y015
+
+@_typing.final
+class ServiceGetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ANY_HEALTH_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    any_health: _builtins.bool
+    """Include instances whose checks do not pass."""
+    @_builtins.property
+    def query(self) -> Global___QueryOptions: ...
+    def __init__(
+        self,
+        *,
+        query: Global___QueryOptions | None = ...,
+        name: _builtins.str = ...,
+        any_health: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["any_health", b"any_health", "name", b"name", "query", b"query"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceGetRequest: _TypeAlias = ServiceGetRequest  # noqa: Y015
+
+@_typing.final
+class ServiceGetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceRegistration]: ...
+    @_builtins.property
+    def meta(self) -> Global___QueryMeta: ...
+    def __init__(
+        self,
+        *,
+        instances: _abc.Iterable[Global___ServiceRegistration] | None = ...,
+        meta: Global___QueryMeta | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "meta", b"meta"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceGetResponse: _TypeAlias = ServiceGetResponse  # noqa: Y015
+
+@_typing.final
+class NodeServicesRequest(_message.Message):
+    """A client's service registrations, batched (upserts and removals)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    SECRET_ID_FIELD_NUMBER: _builtins.int
+    UPSERTS_FIELD_NUMBER: _builtins.int
+    DELETE_IDS_FIELD_NUMBER: _builtins.int
+    DELETE_ALLOC_IDS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    secret_id: _builtins.str
+    @_builtins.property
+    def upserts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceRegistration]: ...
+    @_builtins.property
+    def delete_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def delete_alloc_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        secret_id: _builtins.str = ...,
+        upserts: _abc.Iterable[Global___ServiceRegistration] | None = ...,
+        delete_ids: _abc.Iterable[_builtins.str] | None = ...,
+        delete_alloc_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete_alloc_ids", b"delete_alloc_ids", "delete_ids", b"delete_ids", "node_id", b"node_id", "secret_id", b"secret_id", "upserts", b"upserts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeServicesRequest: _TypeAlias = NodeServicesRequest  # noqa: Y015
+
+@_typing.final
+class RaftPeersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVERS_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    @_builtins.property
+    def servers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RaftServer]: ...
+    def __init__(
+        self,
+        *,
+        servers: _abc.Iterable[Global___RaftServer] | None = ...,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "servers", b"servers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RaftPeersResponse: _TypeAlias = RaftPeersResponse  # noqa: Y015
+
+@_typing.final
+class RaftServer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    VOTER_FIELD_NUMBER: _builtins.int
+    RAFT_PROTOCOL_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    node: _builtins.str
+    address: _builtins.str
+    leader: _builtins.bool
+    voter: _builtins.bool
+    raft_protocol: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        node: _builtins.str = ...,
+        address: _builtins.str = ...,
+        leader: _builtins.bool = ...,
+        voter: _builtins.bool = ...,
+        raft_protocol: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "id", b"id", "leader", b"leader", "node", b"node", "raft_protocol", b"raft_protocol", "voter", b"voter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RaftServer: _TypeAlias = RaftServer  # noqa: Y015
+
+@_typing.final
+class RaftPeerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """Raft address host:port of the server to add or remove."""
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RaftPeerRequest: _TypeAlias = RaftPeerRequest  # noqa: Y015
+
+@_typing.final
+class StateDigestResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    index: _builtins.int
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateDigestResponse: _TypeAlias = StateDigestResponse  # noqa: Y015

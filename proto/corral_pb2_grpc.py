@@ -70,6 +70,26 @@ class JobServiceStub:
                 request_serializer=corral_dot_proto_dot_corral__pb2.JobGetRequest.SerializeToString,
                 response_deserializer=corral_dot_proto_dot_corral__pb2.JobEvaluationsResponse.FromString,
                 _registered_method=True)
+        self.Plan = channel.unary_unary(
+                '/corral.v1.JobService/Plan',
+                request_serializer=corral_dot_proto_dot_corral__pb2.JobPlanRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.JobPlanResponse.FromString,
+                _registered_method=True)
+        self.Validate = channel.unary_unary(
+                '/corral.v1.JobService/Validate',
+                request_serializer=corral_dot_proto_dot_corral__pb2.JobValidateRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.JobValidateResponse.FromString,
+                _registered_method=True)
+        self.Scale = channel.unary_unary(
+                '/corral.v1.JobService/Scale',
+                request_serializer=corral_dot_proto_dot_corral__pb2.JobScaleRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.JobRegisterResponse.FromString,
+                _registered_method=True)
+        self.Revert = channel.unary_unary(
+                '/corral.v1.JobService/Revert',
+                request_serializer=corral_dot_proto_dot_corral__pb2.JobRevertRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.JobRegisterResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -118,6 +138,30 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Plan(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Validate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Scale(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Revert(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +199,26 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.Evaluations,
                     request_deserializer=corral_dot_proto_dot_corral__pb2.JobGetRequest.FromString,
                     response_serializer=corral_dot_proto_dot_corral__pb2.JobEvaluationsResponse.SerializeToString,
+            ),
+            'Plan': grpc.unary_unary_rpc_method_handler(
+                    servicer.Plan,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.JobPlanRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.JobPlanResponse.SerializeToString,
+            ),
+            'Validate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Validate,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.JobValidateRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.JobValidateResponse.SerializeToString,
+            ),
+            'Scale': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scale,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.JobScaleRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.JobRegisterResponse.SerializeToString,
+            ),
+            'Revert': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revert,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.JobRevertRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.JobRegisterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +421,114 @@ class JobService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def Plan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.JobService/Plan',
+            corral_dot_proto_dot_corral__pb2.JobPlanRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.JobPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Validate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.JobService/Validate',
+            corral_dot_proto_dot_corral__pb2.JobValidateRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.JobValidateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scale(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.JobService/Scale',
+            corral_dot_proto_dot_corral__pb2.JobScaleRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.JobRegisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.JobService/Revert',
+            corral_dot_proto_dot_corral__pb2.JobRevertRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.JobRegisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AllocServiceStub:
     """Missing associated documentation comment in .proto file."""
@@ -387,6 +559,11 @@ class AllocServiceStub:
                 request_serializer=corral_dot_proto_dot_corral__pb2.AllocLogsRequest.SerializeToString,
                 response_deserializer=corral_dot_proto_dot_corral__pb2.LogChunk.FromString,
                 _registered_method=True)
+        self.Restart = channel.unary_unary(
+                '/corral.v1.AllocService/Restart',
+                request_serializer=corral_dot_proto_dot_corral__pb2.AllocRestartRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.AllocRestartResponse.FromString,
+                _registered_method=True)
 
 
 class AllocServiceServicer:
@@ -416,6 +593,12 @@ class AllocServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Restart(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AllocServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -438,6 +621,11 @@ def add_AllocServiceServicer_to_server(servicer, server):
                     servicer.Logs,
                     request_deserializer=corral_dot_proto_dot_corral__pb2.AllocLogsRequest.FromString,
                     response_serializer=corral_dot_proto_dot_corral__pb2.LogChunk.SerializeToString,
+            ),
+            'Restart': grpc.unary_unary_rpc_method_handler(
+                    servicer.Restart,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.AllocRestartRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.AllocRestartResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -548,6 +736,33 @@ class AllocService:
             '/corral.v1.AllocService/Logs',
             corral_dot_proto_dot_corral__pb2.AllocLogsRequest.SerializeToString,
             corral_dot_proto_dot_corral__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Restart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.AllocService/Restart',
+            corral_dot_proto_dot_corral__pb2.AllocRestartRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.AllocRestartResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -723,6 +938,11 @@ class NodeServiceStub:
                 request_serializer=corral_dot_proto_dot_corral__pb2.NodeDrainRequest.SerializeToString,
                 response_deserializer=corral_dot_proto_dot_corral__pb2.WriteResponse.FromString,
                 _registered_method=True)
+        self.UpdateServices = channel.unary_unary(
+                '/corral.v1.NodeService/UpdateServices',
+                request_serializer=corral_dot_proto_dot_corral__pb2.NodeServicesRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.WriteResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -776,6 +996,12 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateServices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -817,6 +1043,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
             'SetDrain': grpc.unary_unary_rpc_method_handler(
                     servicer.SetDrain,
                     request_deserializer=corral_dot_proto_dot_corral__pb2.NodeDrainRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.WriteResponse.SerializeToString,
+            ),
+            'UpdateServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateServices,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.NodeServicesRequest.FromString,
                     response_serializer=corral_dot_proto_dot_corral__pb2.WriteResponse.SerializeToString,
             ),
     }
@@ -1046,6 +1277,393 @@ class NodeService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def UpdateServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.NodeService/UpdateServices',
+            corral_dot_proto_dot_corral__pb2.NodeServicesRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ServiceCatalogStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.List = channel.unary_unary(
+                '/corral.v1.ServiceCatalog/List',
+                request_serializer=corral_dot_proto_dot_corral__pb2.ServiceListRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.ServiceListResponse.FromString,
+                _registered_method=True)
+        self.Get = channel.unary_unary(
+                '/corral.v1.ServiceCatalog/Get',
+                request_serializer=corral_dot_proto_dot_corral__pb2.ServiceGetRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.ServiceGetResponse.FromString,
+                _registered_method=True)
+
+
+class ServiceCatalogServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def List(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Get(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ServiceCatalogServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.ServiceListRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.ServiceListResponse.SerializeToString,
+            ),
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.ServiceGetRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.ServiceGetResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'corral.v1.ServiceCatalog', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('corral.v1.ServiceCatalog', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ServiceCatalog:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ServiceCatalog/List',
+            corral_dot_proto_dot_corral__pb2.ServiceListRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.ServiceListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ServiceCatalog/Get',
+            corral_dot_proto_dot_corral__pb2.ServiceGetRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.ServiceGetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class OperatorServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RaftListPeers = channel.unary_unary(
+                '/corral.v1.OperatorService/RaftListPeers',
+                request_serializer=corral_dot_proto_dot_corral__pb2.StatusRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.RaftPeersResponse.FromString,
+                _registered_method=True)
+        self.RaftAddPeer = channel.unary_unary(
+                '/corral.v1.OperatorService/RaftAddPeer',
+                request_serializer=corral_dot_proto_dot_corral__pb2.RaftPeerRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.RaftRemovePeer = channel.unary_unary(
+                '/corral.v1.OperatorService/RaftRemovePeer',
+                request_serializer=corral_dot_proto_dot_corral__pb2.RaftPeerRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.WriteResponse.FromString,
+                _registered_method=True)
+        self.StateDigest = channel.unary_unary(
+                '/corral.v1.OperatorService/StateDigest',
+                request_serializer=corral_dot_proto_dot_corral__pb2.StatusRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.StateDigestResponse.FromString,
+                _registered_method=True)
+        self.RegisterServer = channel.unary_unary(
+                '/corral.v1.OperatorService/RegisterServer',
+                request_serializer=corral_dot_proto_dot_corral__pb2.ServerMember.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.WriteResponse.FromString,
+                _registered_method=True)
+
+
+class OperatorServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def RaftListPeers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RaftAddPeer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RaftRemovePeer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StateDigest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterServer(self, request, context):
+        """Internal: a server announces its addresses (forwarded to the leader).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_OperatorServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RaftListPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.RaftListPeers,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.StatusRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.RaftPeersResponse.SerializeToString,
+            ),
+            'RaftAddPeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RaftAddPeer,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.RaftPeerRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.WriteResponse.SerializeToString,
+            ),
+            'RaftRemovePeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RaftRemovePeer,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.RaftPeerRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.WriteResponse.SerializeToString,
+            ),
+            'StateDigest': grpc.unary_unary_rpc_method_handler(
+                    servicer.StateDigest,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.StatusRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.StateDigestResponse.SerializeToString,
+            ),
+            'RegisterServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterServer,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.ServerMember.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.WriteResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'corral.v1.OperatorService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('corral.v1.OperatorService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class OperatorService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def RaftListPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.OperatorService/RaftListPeers',
+            corral_dot_proto_dot_corral__pb2.StatusRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.RaftPeersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RaftAddPeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.OperatorService/RaftAddPeer',
+            corral_dot_proto_dot_corral__pb2.RaftPeerRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RaftRemovePeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.OperatorService/RaftRemovePeer',
+            corral_dot_proto_dot_corral__pb2.RaftPeerRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StateDigest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.OperatorService/StateDigest',
+            corral_dot_proto_dot_corral__pb2.StatusRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.StateDigestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.OperatorService/RegisterServer',
+            corral_dot_proto_dot_corral__pb2.ServerMember.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class StatusServiceStub:
     """Missing associated documentation comment in .proto file."""
@@ -1135,6 +1753,11 @@ class ClientServiceStub:
                 request_serializer=corral_dot_proto_dot_corral__pb2.AllocLogsRequest.SerializeToString,
                 response_deserializer=corral_dot_proto_dot_corral__pb2.LogChunk.FromString,
                 _registered_method=True)
+        self.Restart = channel.unary_unary(
+                '/corral.v1.ClientService/Restart',
+                request_serializer=corral_dot_proto_dot_corral__pb2.AllocRestartRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.AllocRestartResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServiceServicer:
@@ -1148,6 +1771,12 @@ class ClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Restart(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1155,6 +1784,11 @@ def add_ClientServiceServicer_to_server(servicer, server):
                     servicer.Logs,
                     request_deserializer=corral_dot_proto_dot_corral__pb2.AllocLogsRequest.FromString,
                     response_serializer=corral_dot_proto_dot_corral__pb2.LogChunk.SerializeToString,
+            ),
+            'Restart': grpc.unary_unary_rpc_method_handler(
+                    servicer.Restart,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.AllocRestartRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.AllocRestartResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1186,6 +1820,33 @@ class ClientService:
             '/corral.v1.ClientService/Logs',
             corral_dot_proto_dot_corral__pb2.AllocLogsRequest.SerializeToString,
             corral_dot_proto_dot_corral__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Restart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ClientService/Restart',
+            corral_dot_proto_dot_corral__pb2.AllocRestartRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.AllocRestartResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,10 @@ class JobServiceStub:
     Allocations: _grpc.UnaryUnaryMultiCallable[_corral_pb2.JobAllocationsRequest, _corral_pb2.AllocationsResponse]
     Versions: _grpc.UnaryUnaryMultiCallable[_corral_pb2.JobGetRequest, _corral_pb2.JobVersionsResponse]
     Evaluations: _grpc.UnaryUnaryMultiCallable[_corral_pb2.JobGetRequest, _corral_pb2.JobEvaluationsResponse]
+    Plan: _grpc.UnaryUnaryMultiCallable[_corral_pb2.JobPlanRequest, _corral_pb2.JobPlanResponse]
+    Validate: _grpc.UnaryUnaryMultiCallable[_corral_pb2.JobValidateRequest, _corral_pb2.JobValidateResponse]
+    Scale: _grpc.UnaryUnaryMultiCallable[_corral_pb2.JobScaleRequest, _corral_pb2.JobRegisterResponse]
+    Revert: _grpc.UnaryUnaryMultiCallable[_corral_pb2.JobRevertRequest, _corral_pb2.JobRegisterResponse]
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -60,6 +64,10 @@ class JobServiceAsyncStub(JobServiceStub):
     Allocations: _aio.UnaryUnaryMultiCallable[_corral_pb2.JobAllocationsRequest, _corral_pb2.AllocationsResponse]  # type: ignore[assignment]
     Versions: _aio.UnaryUnaryMultiCallable[_corral_pb2.JobGetRequest, _corral_pb2.JobVersionsResponse]  # type: ignore[assignment]
     Evaluations: _aio.UnaryUnaryMultiCallable[_corral_pb2.JobGetRequest, _corral_pb2.JobEvaluationsResponse]  # type: ignore[assignment]
+    Plan: _aio.UnaryUnaryMultiCallable[_corral_pb2.JobPlanRequest, _corral_pb2.JobPlanResponse]  # type: ignore[assignment]
+    Validate: _aio.UnaryUnaryMultiCallable[_corral_pb2.JobValidateRequest, _corral_pb2.JobValidateResponse]  # type: ignore[assignment]
+    Scale: _aio.UnaryUnaryMultiCallable[_corral_pb2.JobScaleRequest, _corral_pb2.JobRegisterResponse]  # type: ignore[assignment]
+    Revert: _aio.UnaryUnaryMultiCallable[_corral_pb2.JobRevertRequest, _corral_pb2.JobRegisterResponse]  # type: ignore[assignment]
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by every server agent."""
@@ -113,6 +121,34 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_corral_pb2.JobEvaluationsResponse, _abc.Awaitable[_corral_pb2.JobEvaluationsResponse]]: ...
 
+    @_abc_1.abstractmethod
+    def Plan(
+        self,
+        request: _corral_pb2.JobPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.JobPlanResponse, _abc.Awaitable[_corral_pb2.JobPlanResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Validate(
+        self,
+        request: _corral_pb2.JobValidateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.JobValidateResponse, _abc.Awaitable[_corral_pb2.JobValidateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Scale(
+        self,
+        request: _corral_pb2.JobScaleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.JobRegisterResponse, _abc.Awaitable[_corral_pb2.JobRegisterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Revert(
+        self,
+        request: _corral_pb2.JobRevertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.JobRegisterResponse, _abc.Awaitable[_corral_pb2.JobRegisterResponse]]: ...
+
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class AllocServiceStub:
@@ -124,6 +160,7 @@ class AllocServiceStub:
     Get: _grpc.UnaryUnaryMultiCallable[_corral_pb2.AllocGetRequest, _corral_pb2.AllocGetResponse]
     Stop: _grpc.UnaryUnaryMultiCallable[_corral_pb2.AllocStopRequest, _corral_pb2.AllocStopResponse]
     Logs: _grpc.UnaryStreamMultiCallable[_corral_pb2.AllocLogsRequest, _corral_pb2.LogChunk]
+    Restart: _grpc.UnaryUnaryMultiCallable[_corral_pb2.AllocRestartRequest, _corral_pb2.AllocRestartResponse]
 
 @_typing.type_check_only
 class AllocServiceAsyncStub(AllocServiceStub):
@@ -132,6 +169,7 @@ class AllocServiceAsyncStub(AllocServiceStub):
     Get: _aio.UnaryUnaryMultiCallable[_corral_pb2.AllocGetRequest, _corral_pb2.AllocGetResponse]  # type: ignore[assignment]
     Stop: _aio.UnaryUnaryMultiCallable[_corral_pb2.AllocStopRequest, _corral_pb2.AllocStopResponse]  # type: ignore[assignment]
     Logs: _aio.UnaryStreamMultiCallable[_corral_pb2.AllocLogsRequest, _corral_pb2.LogChunk]  # type: ignore[assignment]
+    Restart: _aio.UnaryUnaryMultiCallable[_corral_pb2.AllocRestartRequest, _corral_pb2.AllocRestartResponse]  # type: ignore[assignment]
 
 class AllocServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -161,6 +199,13 @@ class AllocServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _corral_pb2.AllocLogsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_corral_pb2.LogChunk], _abc.AsyncIterator[_corral_pb2.LogChunk]]: ...
+
+    @_abc_1.abstractmethod
+    def Restart(
+        self,
+        request: _corral_pb2.AllocRestartRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.AllocRestartResponse, _abc.Awaitable[_corral_pb2.AllocRestartResponse]]: ...
 
 def add_AllocServiceServicer_to_server(servicer: AllocServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
@@ -208,6 +253,7 @@ class NodeServiceStub:
     Get: _grpc.UnaryUnaryMultiCallable[_corral_pb2.NodeGetRequest, _corral_pb2.NodeGetResponse]
     SetEligibility: _grpc.UnaryUnaryMultiCallable[_corral_pb2.NodeEligibilityRequest, _corral_pb2.WriteResponse]
     SetDrain: _grpc.UnaryUnaryMultiCallable[_corral_pb2.NodeDrainRequest, _corral_pb2.WriteResponse]
+    UpdateServices: _grpc.UnaryUnaryMultiCallable[_corral_pb2.NodeServicesRequest, _corral_pb2.WriteResponse]
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -220,6 +266,7 @@ class NodeServiceAsyncStub(NodeServiceStub):
     Get: _aio.UnaryUnaryMultiCallable[_corral_pb2.NodeGetRequest, _corral_pb2.NodeGetResponse]  # type: ignore[assignment]
     SetEligibility: _aio.UnaryUnaryMultiCallable[_corral_pb2.NodeEligibilityRequest, _corral_pb2.WriteResponse]  # type: ignore[assignment]
     SetDrain: _aio.UnaryUnaryMultiCallable[_corral_pb2.NodeDrainRequest, _corral_pb2.WriteResponse]  # type: ignore[assignment]
+    UpdateServices: _aio.UnaryUnaryMultiCallable[_corral_pb2.NodeServicesRequest, _corral_pb2.WriteResponse]  # type: ignore[assignment]
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -278,7 +325,106 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_corral_pb2.WriteResponse, _abc.Awaitable[_corral_pb2.WriteResponse]]: ...
 
+    @_abc_1.abstractmethod
+    def UpdateServices(
+        self,
+        request: _corral_pb2.NodeServicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.WriteResponse, _abc.Awaitable[_corral_pb2.WriteResponse]]: ...
+
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ServiceCatalogStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ServiceCatalogAsyncStub: ...
+    List: _grpc.UnaryUnaryMultiCallable[_corral_pb2.ServiceListRequest, _corral_pb2.ServiceListResponse]
+    Get: _grpc.UnaryUnaryMultiCallable[_corral_pb2.ServiceGetRequest, _corral_pb2.ServiceGetResponse]
+
+@_typing.type_check_only
+class ServiceCatalogAsyncStub(ServiceCatalogStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    List: _aio.UnaryUnaryMultiCallable[_corral_pb2.ServiceListRequest, _corral_pb2.ServiceListResponse]  # type: ignore[assignment]
+    Get: _aio.UnaryUnaryMultiCallable[_corral_pb2.ServiceGetRequest, _corral_pb2.ServiceGetResponse]  # type: ignore[assignment]
+
+class ServiceCatalogServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def List(
+        self,
+        request: _corral_pb2.ServiceListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.ServiceListResponse, _abc.Awaitable[_corral_pb2.ServiceListResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Get(
+        self,
+        request: _corral_pb2.ServiceGetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.ServiceGetResponse, _abc.Awaitable[_corral_pb2.ServiceGetResponse]]: ...
+
+def add_ServiceCatalogServicer_to_server(servicer: ServiceCatalogServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class OperatorServiceStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> OperatorServiceAsyncStub: ...
+    RaftListPeers: _grpc.UnaryUnaryMultiCallable[_corral_pb2.StatusRequest, _corral_pb2.RaftPeersResponse]
+    RaftAddPeer: _grpc.UnaryUnaryMultiCallable[_corral_pb2.RaftPeerRequest, _corral_pb2.WriteResponse]
+    RaftRemovePeer: _grpc.UnaryUnaryMultiCallable[_corral_pb2.RaftPeerRequest, _corral_pb2.WriteResponse]
+    StateDigest: _grpc.UnaryUnaryMultiCallable[_corral_pb2.StatusRequest, _corral_pb2.StateDigestResponse]
+    RegisterServer: _grpc.UnaryUnaryMultiCallable[_corral_pb2.ServerMember, _corral_pb2.WriteResponse]
+    """Internal: a server announces its addresses (forwarded to the leader)."""
+
+@_typing.type_check_only
+class OperatorServiceAsyncStub(OperatorServiceStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    RaftListPeers: _aio.UnaryUnaryMultiCallable[_corral_pb2.StatusRequest, _corral_pb2.RaftPeersResponse]  # type: ignore[assignment]
+    RaftAddPeer: _aio.UnaryUnaryMultiCallable[_corral_pb2.RaftPeerRequest, _corral_pb2.WriteResponse]  # type: ignore[assignment]
+    RaftRemovePeer: _aio.UnaryUnaryMultiCallable[_corral_pb2.RaftPeerRequest, _corral_pb2.WriteResponse]  # type: ignore[assignment]
+    StateDigest: _aio.UnaryUnaryMultiCallable[_corral_pb2.StatusRequest, _corral_pb2.StateDigestResponse]  # type: ignore[assignment]
+    RegisterServer: _aio.UnaryUnaryMultiCallable[_corral_pb2.ServerMember, _corral_pb2.WriteResponse]  # type: ignore[assignment]
+    """Internal: a server announces its addresses (forwarded to the leader)."""
+
+class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def RaftListPeers(
+        self,
+        request: _corral_pb2.StatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.RaftPeersResponse, _abc.Awaitable[_corral_pb2.RaftPeersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RaftAddPeer(
+        self,
+        request: _corral_pb2.RaftPeerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.WriteResponse, _abc.Awaitable[_corral_pb2.WriteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RaftRemovePeer(
+        self,
+        request: _corral_pb2.RaftPeerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.WriteResponse, _abc.Awaitable[_corral_pb2.WriteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def StateDigest(
+        self,
+        request: _corral_pb2.StatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.StateDigestResponse, _abc.Awaitable[_corral_pb2.StateDigestResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RegisterServer(
+        self,
+        request: _corral_pb2.ServerMember,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.WriteResponse, _abc.Awaitable[_corral_pb2.WriteResponse]]:
+        """Internal: a server announces its addresses (forwarded to the leader)."""
+
+def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class StatusServiceStub:
     @_typing.overload
@@ -312,6 +458,7 @@ class ClientServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ClientServiceAsyncStub: ...
     Logs: _grpc.UnaryStreamMultiCallable[_corral_pb2.AllocLogsRequest, _corral_pb2.LogChunk]
+    Restart: _grpc.UnaryUnaryMultiCallable[_corral_pb2.AllocRestartRequest, _corral_pb2.AllocRestartResponse]
 
 @_typing.type_check_only
 class ClientServiceAsyncStub(ClientServiceStub):
@@ -321,6 +468,7 @@ class ClientServiceAsyncStub(ClientServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Logs: _aio.UnaryStreamMultiCallable[_corral_pb2.AllocLogsRequest, _corral_pb2.LogChunk]  # type: ignore[assignment]
+    Restart: _aio.UnaryUnaryMultiCallable[_corral_pb2.AllocRestartRequest, _corral_pb2.AllocRestartResponse]  # type: ignore[assignment]
 
 class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
     """Served by every client agent, reached through the servers (the CLI never dials a
@@ -333,5 +481,12 @@ class ClientServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _corral_pb2.AllocLogsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_corral_pb2.LogChunk], _abc.AsyncIterator[_corral_pb2.LogChunk]]: ...
+
+    @_abc_1.abstractmethod
+    def Restart(
+        self,
+        request: _corral_pb2.AllocRestartRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.AllocRestartResponse, _abc.Awaitable[_corral_pb2.AllocRestartResponse]]: ...
 
 def add_ClientServiceServicer_to_server(servicer: ClientServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

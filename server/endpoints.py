@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ import grpc
 
 from corral import structs
 from corral.proto import pb, rpc
+from corral.server.forward import LEADER_WAIT, MAX_HOPS, Forwarder, NoLeader
 from corral.server.raft import NotLeaderError, ProposalError
 from corral.server.server import Ambiguous, InvalidRequest, NotFound, Server
 
@@ -27,45 +29,94 @@ MAX_WAIT = 600.0
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _errors(fn: F) -> F:
-    """Translate our exceptions to gRPC status codes with readable details."""
-
-    @functools.wraps(fn)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return fn(self, request, context)
-        except InvalidRequest as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "\n".join(exc.problems))
-        except NotFound as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except Ambiguous as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except NotLeaderError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        except ProposalError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-
-    return wrapper  # type: ignore[return-value]
+def _abort_for(exc: Exception, context: grpc.ServicerContext) -> None:
+    if isinstance(exc, InvalidRequest):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "\n".join(exc.problems))
+    if isinstance(exc, NotFound):
+        context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    if isinstance(exc, Ambiguous):
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, (NotLeaderError, ProposalError, NoLeader)):
+        context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+    raise exc
 
 
-def _stream_errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            yield from fn(self, request, context)
-        except NotFound as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except Ambiguous as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except InvalidRequest as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "\n".join(exc.problems))
+def _is_stale(request: Any) -> bool:
+    query = getattr(request, "query", None)
+    return bool(query is not None and query.stale)
 
-    return wrapper  # type: ignore[return-value]
+
+def _rpc(kind: str) -> Callable[[F], F]:
+    """An RPC handled on the leader (``write``; ``read`` unless stale) or right
+    here (``local``). A follower forwards it; errors become gRPC status codes."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(self: _Base, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                if kind == "local" or (kind == "read" and _is_stale(request)):
+                    return fn(self, request, context)
+                deadline = time.monotonic() + LEADER_WAIT
+                while True:
+                    addr = self.forwarder.wait_leader_addr(deadline)
+                    if not addr:
+                        try:
+                            return fn(self, request, context)
+                        except NotLeaderError:
+                            if time.monotonic() >= deadline:
+                                raise
+                            continue  # lost leadership before proposing: forward
+                    if Forwarder.hops(context) >= MAX_HOPS:
+                        raise NoLeader("the leader moved during forwarding; try again")
+                    try:
+                        return self.forwarder.unary(
+                            addr, self.SERVICE, fn.__name__, request, context
+                        )
+                    except grpc.RpcError as exc:
+                        if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                            context.abort(exc.code(), exc.details() or "forwarding failed")
+                        time.sleep(0.1)
+            except grpc.RpcError:
+                raise
+            except Exception as exc:
+                _abort_for(exc, context)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _stream(kind: str) -> Callable[[F], F]:
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(self: _Base, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                if kind == "read" and not _is_stale(request):
+                    addr = self.forwarder.wait_leader_addr(time.monotonic() + LEADER_WAIT)
+                    if addr:
+                        try:
+                            yield from self.forwarder.stream(
+                                addr, self.SERVICE, fn.__name__, request, context
+                            )
+                        except grpc.RpcError as exc:
+                            if exc.code() != grpc.StatusCode.CANCELLED:
+                                context.abort(exc.code(), exc.details() or "forwarding failed")
+                        return
+                yield from fn(self, request, context)
+            except (InvalidRequest, NotFound, Ambiguous, NotLeaderError, ProposalError, NoLeader) as exc:
+                _abort_for(exc, context)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 class _Base:
-    def __init__(self, server: Server) -> None:
+    SERVICE = ""
+
+    def __init__(self, server: Server, forwarder: Forwarder) -> None:
         self.server = server
+        self.forwarder = forwarder
 
     def _block(self, query: pb.QueryOptions, *tables: str) -> pb.QueryMeta:
         """Blocking query: wait for ``tables`` to pass ``min_index`` (bounded)."""
@@ -101,7 +152,9 @@ def job_stub(server: Server, job: pb.Job) -> pb.JobListStub:
 
 
 class JobEndpoint(_Base, rpc.JobServiceServicer):
-    @_errors
+    SERVICE = "JobService"
+
+    @_rpc("write")
     def Register(self, request: pb.JobRegisterRequest, context: Any) -> pb.JobRegisterResponse:
         if request.enforce_index:
             current = self.server.state.job(_ns(request.job.namespace), request.job.id)
@@ -115,13 +168,13 @@ class JobEndpoint(_Base, rpc.JobServiceServicer):
                 )
         return self.server.register_job(request.job)
 
-    @_errors
+    @_rpc("write")
     def Deregister(
         self, request: pb.JobDeregisterRequest, context: Any
     ) -> pb.JobDeregisterResponse:
         return self.server.deregister_job(request.namespace, request.job_id, request.purge)
 
-    @_errors
+    @_rpc("read")
     def List(self, request: pb.JobListRequest, context: Any) -> pb.JobListResponse:
         meta = self._block(request.query, "jobs", "allocs")
         jobs = [
@@ -138,13 +191,13 @@ class JobEndpoint(_Base, rpc.JobServiceServicer):
             raise NotFound(f"job {job_id!r} not found")
         return job
 
-    @_errors
+    @_rpc("read")
     def Get(self, request: pb.JobGetRequest, context: Any) -> pb.JobGetResponse:
         meta = self._block(request.query, "jobs")
         job = self._job(request.namespace, request.job_id)
         return pb.JobGetResponse(job=self.server.with_status(job), meta=meta)
 
-    @_errors
+    @_rpc("read")
     def Allocations(
         self, request: pb.JobAllocationsRequest, context: Any
     ) -> pb.AllocationsResponse:
@@ -153,14 +206,14 @@ class JobEndpoint(_Base, rpc.JobServiceServicer):
         allocs.sort(key=lambda a: (a.create_index, a.name))
         return pb.AllocationsResponse(allocs=allocs, meta=meta)
 
-    @_errors
+    @_rpc("read")
     def Versions(self, request: pb.JobGetRequest, context: Any) -> pb.JobVersionsResponse:
         meta = self._block(request.query, "jobs")
         self._job(request.namespace, request.job_id)
         versions = self.server.state.job_versions(_ns(request.namespace), request.job_id)
         return pb.JobVersionsResponse(versions=versions, meta=meta)
 
-    @_errors
+    @_rpc("read")
     def Evaluations(self, request: pb.JobGetRequest, context: Any) -> pb.JobEvaluationsResponse:
         meta = self._block(request.query, "evals")
         evals = self.server.state.evals_by_job(_ns(request.namespace), request.job_id)
@@ -169,7 +222,9 @@ class JobEndpoint(_Base, rpc.JobServiceServicer):
 
 
 class AllocEndpoint(_Base, rpc.AllocServiceServicer):
-    @_errors
+    SERVICE = "AllocService"
+
+    @_rpc("read")
     def List(self, request: pb.AllocListRequest, context: Any) -> pb.AllocationsResponse:
         meta = self._block(request.query, "allocs")
         if request.node_id:
@@ -181,7 +236,7 @@ class AllocEndpoint(_Base, rpc.AllocServiceServicer):
         allocs.sort(key=lambda a: (a.create_index, a.name))
         return pb.AllocationsResponse(allocs=allocs, meta=meta)
 
-    @_errors
+    @_rpc("read")
     def Get(self, request: pb.AllocGetRequest, context: Any) -> pb.AllocGetResponse:
         meta = self._block(request.query, "allocs")
         alloc = self.server.resolve_alloc(request.alloc_id)
@@ -192,7 +247,7 @@ class AllocEndpoint(_Base, rpc.AllocServiceServicer):
             full.job.CopyFrom(job)
         return pb.AllocGetResponse(alloc=full, meta=meta)
 
-    @_errors
+    @_rpc("write")
     def Stop(self, request: pb.AllocStopRequest, context: Any) -> pb.AllocStopResponse:
         alloc = self.server.resolve_alloc(request.alloc_id)
         job = self.server.state.job(alloc.namespace, alloc.job_id)
@@ -206,7 +261,7 @@ class AllocEndpoint(_Base, rpc.AllocServiceServicer):
         )
         return pb.AllocStopResponse(eval_id=ev.id, index=result.index)
 
-    @_stream_errors
+    @_stream("read")
     def Logs(self, request: pb.AllocLogsRequest, context: Any) -> Iterator[pb.LogChunk]:
         alloc = self.server.resolve_alloc(request.alloc_id)
         node = self.server.state.node(alloc.node_id)
@@ -238,12 +293,14 @@ class AllocEndpoint(_Base, rpc.AllocServiceServicer):
 
 
 class EvalEndpoint(_Base, rpc.EvalServiceServicer):
-    @_errors
+    SERVICE = "EvalService"
+
+    @_rpc("read")
     def Get(self, request: pb.EvalGetRequest, context: Any) -> pb.EvalGetResponse:
         meta = self._block(request.query, "evals")
         return pb.EvalGetResponse(eval=self.server.resolve_eval(request.eval_id), meta=meta)
 
-    @_errors
+    @_rpc("read")
     def List(self, request: pb.EvalListRequest, context: Any) -> pb.EvalListResponse:
         meta = self._block(request.query, "evals")
         evals = [
@@ -256,17 +313,19 @@ class EvalEndpoint(_Base, rpc.EvalServiceServicer):
 
 
 class NodeEndpoint(_Base, rpc.NodeServiceServicer):
-    @_errors
+    SERVICE = "NodeService"
+
+    @_rpc("write")
     def Register(self, request: pb.NodeRegisterRequest, context: Any) -> pb.NodeHeartbeatResponse:
         return self.server.register_node(request.node)
 
-    @_errors
+    @_rpc("write")
     def Heartbeat(
         self, request: pb.NodeHeartbeatRequest, context: Any
     ) -> pb.NodeHeartbeatResponse:
         return self.server.heartbeat(request.node_id, request.secret_id)
 
-    @_stream_errors
+    @_stream("read")
     def WatchAllocations(
         self, request: pb.NodeWatchRequest, context: Any
     ) -> Iterator[pb.NodeAllocations]:
@@ -285,14 +344,14 @@ class NodeEndpoint(_Base, rpc.NodeServiceServicer):
                 )
             self.server.state.wait_for_index(last, 5.0, "allocs", "jobs")
 
-    @_errors
+    @_rpc("write")
     def UpdateAllocations(
         self, request: pb.NodeUpdateAllocsRequest, context: Any
     ) -> pb.NodeUpdateAllocsResponse:
         index = self.server.update_allocs_from_client(list(request.allocs))
         return pb.NodeUpdateAllocsResponse(index=index)
 
-    @_errors
+    @_rpc("read")
     def List(self, request: pb.NodeListRequest, context: Any) -> pb.NodeListResponse:
         meta = self._block(request.query, "nodes")
         nodes = []
@@ -305,7 +364,7 @@ class NodeEndpoint(_Base, rpc.NodeServiceServicer):
         nodes.sort(key=lambda n: n.name)
         return pb.NodeListResponse(nodes=nodes, meta=meta)
 
-    @_errors
+    @_rpc("read")
     def Get(self, request: pb.NodeGetRequest, context: Any) -> pb.NodeGetResponse:
         meta = self._block(request.query, "nodes")
         node = pb.Node()
@@ -313,37 +372,74 @@ class NodeEndpoint(_Base, rpc.NodeServiceServicer):
         node.secret_id = ""
         return pb.NodeGetResponse(node=node, meta=meta)
 
-    @_errors
+    @_rpc("write")
     def SetEligibility(self, request: pb.NodeEligibilityRequest, context: Any) -> pb.WriteResponse:
         return self.server.set_eligibility(request.node_id, request.eligible)
 
-    @_errors
+    @_rpc("write")
     def SetDrain(self, request: pb.NodeDrainRequest, context: Any) -> pb.WriteResponse:
         raise InvalidRequest(["node drain is not supported yet"])
 
 
 class StatusEndpoint(_Base, rpc.StatusServiceServicer):
-    @_errors
+    SERVICE = "StatusService"
+
+    @_rpc("read")
     def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
-        leader = self.server.raft.leader()
-        me = self.server.raft.self_address()
-        member = pb.ServerMember(
-            id=me,
-            name=me,
-            address=me,
-            raft_address=me,
-            raft_state="leader" if self.server.is_leader() else "follower",
-            leader=self.server.is_leader(),
-            voter=True,
-            last_index=self.server.state.index,
-            healthy=True,
+        return pb.StatusResponse(
+            leader=self.server.raft.leader(),
+            members=self.server.members(),
+            index=self.server.state.index,
         )
-        return pb.StatusResponse(leader=leader, members=[member], index=self.server.state.index)
 
 
-def add_to_grpc(server: Server, grpc_server: grpc.Server) -> None:
-    rpc.add_JobServiceServicer_to_server(JobEndpoint(server), grpc_server)
-    rpc.add_AllocServiceServicer_to_server(AllocEndpoint(server), grpc_server)
-    rpc.add_EvalServiceServicer_to_server(EvalEndpoint(server), grpc_server)
-    rpc.add_NodeServiceServicer_to_server(NodeEndpoint(server), grpc_server)
-    rpc.add_StatusServiceServicer_to_server(StatusEndpoint(server), grpc_server)
+class OperatorEndpoint(_Base, rpc.OperatorServiceServicer):
+    SERVICE = "OperatorService"
+
+    @_rpc("read")
+    def RaftListPeers(self, request: pb.StatusRequest, context: Any) -> pb.RaftPeersResponse:
+        servers = [
+            pb.RaftServer(
+                id=m.raft_address,
+                node=m.name,
+                address=m.raft_address,
+                leader=m.leader,
+                voter=m.voter,
+                raft_protocol="3",
+            )
+            for m in self.server.members()
+        ]
+        return pb.RaftPeersResponse(servers=servers, index=self.server.state.index)
+
+    @_rpc("write")
+    def RaftAddPeer(self, request: pb.RaftPeerRequest, context: Any) -> pb.WriteResponse:
+        self.server.change_membership(request.address, add=True)
+        return pb.WriteResponse(index=self.server.state.index)
+
+    @_rpc("write")
+    def RaftRemovePeer(self, request: pb.RaftPeerRequest, context: Any) -> pb.WriteResponse:
+        self.server.change_membership(request.address, add=False)
+        return pb.WriteResponse(index=self.server.state.index)
+
+    @_rpc("local")
+    def StateDigest(self, request: pb.StatusRequest, context: Any) -> pb.StateDigestResponse:
+        return pb.StateDigestResponse(digest=self.server.fsm.digest(), index=self.server.state.index)
+
+    @_rpc("write")
+    def RegisterServer(self, request: pb.ServerMember, context: Any) -> pb.WriteResponse:
+        result = self.server.propose(
+            pb.Command(server_register=pb.ServerRegisterCommand(member=request))
+        )
+        return pb.WriteResponse(index=result.index)
+
+
+def add_to_grpc(server: Server, grpc_server: grpc.Server) -> Forwarder:
+    fwd = Forwarder(server.leader_rpc_addr, server.is_leader)
+    rpc.add_JobServiceServicer_to_server(JobEndpoint(server, fwd), grpc_server)
+    rpc.add_AllocServiceServicer_to_server(AllocEndpoint(server, fwd), grpc_server)
+    rpc.add_EvalServiceServicer_to_server(EvalEndpoint(server, fwd), grpc_server)
+    rpc.add_NodeServiceServicer_to_server(NodeEndpoint(server, fwd), grpc_server)
+    rpc.add_StatusServiceServicer_to_server(StatusEndpoint(server, fwd), grpc_server)
+    rpc.add_OperatorServiceServicer_to_server(OperatorEndpoint(server, fwd), grpc_server)
+    server.forwarder = fwd
+    return fwd

@@ -52,6 +52,8 @@ class FSM:
             "service_upsert": self._service_upsert,
             "service_delete": self._service_delete,
             "noop": lambda txn, cmd: "",
+            "server_register": self._server_register,
+            "job_scale": self._job_scale,
         }
 
     # ------------------------------------------------------------ entry points
@@ -78,15 +80,17 @@ class FSM:
         t = self.state.snapshot()._t
         snap = pb.StateSnapshot(schema=SNAPSHOT_SCHEMA, index=t.index)
         snap.table_index.update(t.table_index)
-        snap.jobs.extend(t.jobs.values())
-        for key, versions in t.job_versions.items():
+        # Sorted, so that replicas with equal state write equal bytes (digests).
+        snap.jobs.extend(t.jobs[k] for k in sorted(t.jobs))
+        for key in sorted(t.job_versions):
             current = t.jobs.get(key)
-            snap.job_versions.extend(v for v in versions if v is not current)
-        snap.nodes.extend(t.nodes.values())
-        snap.allocs.extend(t.allocs.values())
-        snap.evals.extend(t.evals.values())
-        snap.deployments.extend(t.deployments.values())
-        snap.services.extend(t.services.values())
+            snap.job_versions.extend(v for v in t.job_versions[key] if v is not current)
+        snap.nodes.extend(t.nodes[k] for k in sorted(t.nodes))
+        snap.allocs.extend(t.allocs[k] for k in sorted(t.allocs))
+        snap.evals.extend(t.evals[k] for k in sorted(t.evals))
+        snap.deployments.extend(t.deployments[k] for k in sorted(t.deployments))
+        snap.services.extend(t.services[k] for k in sorted(t.services))
+        snap.servers.extend(t.servers[k] for k in sorted(t.servers))
         return snap.SerializeToString(deterministic=True)
 
     def restore(self, data: bytes) -> None:
@@ -112,6 +116,8 @@ class FSM:
                 txn.put_deployment(d)
             for s in snap.services:
                 txn.put_service(s)
+            for member in snap.servers:
+                txn.put_server(member)
         tables: Tables = fresh.tables
         tables.index = snap.index
         tables.table_index = dict(snap.table_index)
@@ -378,6 +384,35 @@ class FSM:
         txn.put_allocs(changed)
         self._put_evals(txn, list(cmd.alloc_desired_transition.evals), cmd.now)
         return ""
+
+    def _server_register(self, txn: _WriteTxn, cmd: pb.Command) -> str:
+        member = pb.ServerMember()
+        member.CopyFrom(cmd.server_register.member)
+        # Liveness and leadership are read live from raft, never stored.
+        member.leader = False
+        member.raft_state = ""
+        member.last_index = 0
+        member.healthy = False
+        txn.put_server(member)
+        return ""
+
+    def _job_scale(self, txn: _WriteTxn, cmd: pb.Command) -> str:
+        req = cmd.job_scale
+        old = txn.t.jobs.get((req.namespace, req.job_id))
+        if old is None:
+            return f"job {req.job_id!r} not found"
+        job = pb.Job()
+        job.CopyFrom(old)
+        group = structs.group_by_name(job, req.group)
+        if group is None:
+            return f"job {req.job_id!r} has no group {req.group!r}"
+        group.count = req.count
+        job.stop = False
+        register = pb.Command(now=cmd.now)
+        register.job_register.job.CopyFrom(job)
+        if req.HasField("eval"):
+            register.job_register.eval.CopyFrom(req.eval)
+        return self._job_register(txn, register)
 
     def _service_upsert(self, txn: _WriteTxn, cmd: pb.Command) -> str:
         for svc in cmd.service_upsert.services:

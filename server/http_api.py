@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from corral import structs
-from corral.api.jsonmap import JSONMappingError, from_json, to_json
+from corral.api.jsonmap import to_json
 from corral.proto import pb
 from corral.server.raft import NotLeaderError, ProposalError
 from corral.server.server import Ambiguous, InvalidRequest, NotFound, Server
@@ -155,21 +155,23 @@ class HTTPAPI:
         return self.server.state.table_index(*tables)
 
     def _decode_job(self, body: bytes) -> pb.Job:
+        """Nomad JSON through the jobspec reader: same defaults and the same
+        problems as a job file (every one reported, nothing stored)."""
+        from corral import jobspec
+        from corral.jobspec.jsonspec import decode_json
+
         try:
             data = json.loads(body or b"{}")
         except ValueError as exc:
             raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise HTTPError(400, "request body must be a JSON object")
-        raw = data.get("Job", data)
-        unknown: list[str] = []
         try:
-            job = from_json(raw, pb.Job(), unknown=unknown)
-        except JSONMappingError as exc:
-            raise HTTPError(400, f"Job.{exc}") from None
-        if unknown:
-            raise HTTPError(400, "unknown fields: " + ", ".join(f"Job.{u}" for u in unknown))
-        assert isinstance(job, pb.Job)
+            job, problems = decode_json(data, "<request>")
+        except jobspec.JobspecError as exc:
+            raise HTTPError(400, str(exc)) from None
+        if problems:
+            raise HTTPError(400, "\n".join(p.text for p in problems))
         return job
 
     def _register(self, body: bytes) -> Any:

@@ -58,6 +58,12 @@ class Consensus(Protocol):
         """``callback(True)`` when this server becomes leader, False when it stops."""
         ...
 
+    def other_peers(self) -> list[str]: ...
+
+    def change_membership(self, address: str, add: bool) -> None:
+        """Add or remove a voting peer (on the leader); blocks until committed."""
+        ...
+
     def status(self) -> dict[str, object]: ...
 
 
@@ -100,6 +106,12 @@ class LocalConsensus:
 
     def status(self) -> dict[str, object]:
         return {"state": "leader" if self._started else "follower", "leader": self.leader()}
+
+    def other_peers(self) -> list[str]:
+        return []
+
+    def change_membership(self, address: str, add: bool) -> None:
+        raise ValueError("an in-memory server has no peers to change")
 
 
 class PySyncObjConsensus:
@@ -200,7 +212,12 @@ class PySyncObjConsensus:
         try:
             result: ApplyResult = self._consumer.apply_entry(data, sync=True, timeout=timeout)
         except SyncObjException as exc:
-            raise ProposalError(f"raft did not commit the write: {exc}") from exc
+            # QUEUE_FULL(1), MISSING_LEADER(2), NOT_LEADER(4): never appended, so
+            # safe to retry elsewhere. Anything else (timeout, leader changed while
+            # waiting) leaves the outcome unknown.
+            if exc.errorCode in (1, 2, 4):
+                raise NotLeaderError(self.leader()) from exc
+            raise ProposalError(f"raft did not commit the write: {exc.errorCode}") from exc
         return result
 
     def is_leader(self) -> bool:
@@ -223,3 +240,33 @@ class PySyncObjConsensus:
             return {"state": "stopped"}
         st: dict[str, object] = dict(self._obj.getStatus())
         return st
+
+    def other_peers(self) -> list[str]:
+        if self._obj is None:
+            return list(self._peers)
+        return sorted(str(n.address) for n in self._obj.otherNodes)
+
+    def change_membership(self, address: str, add: bool) -> None:
+        if self._obj is None:
+            raise ProposalError("raft is not running")
+        if not self.is_leader():
+            raise NotLeaderError(self.leader())
+        if add and address in self.other_peers():
+            raise ValueError(f"{address} is already a peer")
+        if not add and address not in self.other_peers():
+            raise ValueError(f"{address} is not a peer")
+        done = threading.Event()
+        outcome: list[object] = []
+
+        def callback(result: object, error: object) -> None:
+            outcome.append(error)
+            done.set()
+
+        if add:
+            self._obj.addNodeToCluster(address, callback=callback)
+        else:
+            self._obj.removeNodeFromCluster(address, callback=callback)
+        if not done.wait(15):
+            raise ProposalError(f"membership change for {address} did not commit in time")
+        if outcome and outcome[0] not in (0, None):
+            raise ProposalError(f"membership change for {address} failed (code {outcome[0]})")

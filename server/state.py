@@ -28,7 +28,7 @@ JobKey = tuple[str, str]  # (namespace, job id)
 
 _K = TypeVar("_K", str, tuple[str, str])
 
-TABLES = ("jobs", "nodes", "allocs", "evals", "deployments", "services")
+TABLES = ("jobs", "nodes", "allocs", "evals", "deployments", "services", "servers")
 
 
 @dataclass
@@ -49,6 +49,8 @@ class Tables:
     deployments: dict[str, pb.Deployment] = field(default_factory=dict)
     services: dict[str, pb.ServiceRegistration] = field(default_factory=dict)
     services_by_name: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    # Server agents by raft address: how to reach each one's gRPC and HTTP.
+    servers: dict[str, pb.ServerMember] = field(default_factory=dict)
 
     def copy(self) -> Tables:
         return Tables(
@@ -65,6 +67,7 @@ class Tables:
             deployments=dict(self.deployments),
             services=dict(self.services),
             services_by_name=dict(self.services_by_name),
+            servers=dict(self.servers),
         )
 
 
@@ -144,6 +147,12 @@ class StateReader:
     def services_by_name(self, namespace: str, name: str) -> list[pb.ServiceRegistration]:
         services = self._t.services
         return [services[s] for s in self._t.services_by_name.get((namespace, name), ())]
+
+    def servers(self) -> list[pb.ServerMember]:
+        return list(self._t.servers.values())
+
+    def server(self, raft_address: str) -> pb.ServerMember | None:
+        return self._t.servers.get(raft_address)
 
     def find_by_prefix(self, table: str, prefix: str) -> list[str]:
         """IDs of ``table`` (allocs, nodes, evals, deployments) starting with prefix."""
@@ -337,6 +346,14 @@ class _WriteTxn:
             _add(self.t.services_by_name, (s.namespace, s.service_name), s.id)
         self.t.services[s.id] = s
         self.touch("services")
+
+    def put_server(self, member: pb.ServerMember) -> None:
+        self.t.servers[member.raft_address] = member
+        self.touch("servers")
+
+    def delete_server(self, raft_address: str) -> None:
+        self.t.servers.pop(raft_address, None)
+        self.touch("servers")
 
     def delete_services(self, ids: Iterable[str]) -> None:
         for sid in ids:
