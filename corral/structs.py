@@ -142,7 +142,10 @@ def default_update_strategy() -> pb.UpdateStrategy:
 
 def default_migrate_strategy() -> pb.MigrateStrategy:
     return pb.MigrateStrategy(
-        max_parallel=1, health_check="checks", min_healthy_time=10 * SECOND, healthy_deadline=5 * MINUTE
+        max_parallel=1,
+        health_check="checks",
+        min_healthy_time=10 * SECOND,
+        healthy_deadline=5 * MINUTE,
     )
 
 

@@ -73,7 +73,10 @@ def _rpc(kind: str) -> Callable[[F], F]:
                             addr, self.SERVICE, fn.__name__, request, context
                         )
                     except grpc.RpcError as exc:
-                        if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                        if (
+                            exc.code() != grpc.StatusCode.UNAVAILABLE
+                            or time.monotonic() >= deadline
+                        ):
                             context.abort(exc.code(), exc.details() or "forwarding failed")
                         time.sleep(0.1)
             except grpc.RpcError:
@@ -103,7 +106,14 @@ def _stream(kind: str) -> Callable[[F], F]:
                                 context.abort(exc.code(), exc.details() or "forwarding failed")
                         return
                 yield from fn(self, request, context)
-            except (InvalidRequest, NotFound, Ambiguous, NotLeaderError, ProposalError, NoLeader) as exc:
+            except (
+                InvalidRequest,
+                NotFound,
+                Ambiguous,
+                NotLeaderError,
+                ProposalError,
+                NoLeader,
+            ) as exc:
                 _abort_for(exc, context)
 
         return wrapper  # type: ignore[return-value]
@@ -220,6 +230,35 @@ class JobEndpoint(_Base, rpc.JobServiceServicer):
         evals.sort(key=lambda e: e.create_index)
         return pb.JobEvaluationsResponse(evals=evals, meta=meta)
 
+    @_rpc("read")
+    def Plan(self, request: pb.JobPlanRequest, context: Any) -> pb.JobPlanResponse:
+        return self.server.plan_job(request.job)
+
+    @_rpc("local")
+    def Validate(self, request: pb.JobValidateRequest, context: Any) -> pb.JobValidateResponse:
+        from corral import jobspec
+
+        job = pb.Job()
+        job.CopyFrom(request.job)
+        structs.canonicalize(job)
+        problems = jobspec.validate(job)
+        return pb.JobValidateResponse(
+            validation_errors=problems,
+            error="\n".join(problems),
+            driver_config_validated=True,
+        )
+
+    @_rpc("write")
+    def Scale(self, request: pb.JobScaleRequest, context: Any) -> pb.JobRegisterResponse:
+        return self.server.scale_job(
+            request.namespace, request.job_id, request.group, request.count
+        )
+
+    @_rpc("write")
+    def Revert(self, request: pb.JobRevertRequest, context: Any) -> pb.JobRegisterResponse:
+        prior = request.enforce_prior_version if request.HasField("enforce_prior_version") else None
+        return self.server.revert_job(request.namespace, request.job_id, request.version, prior)
+
 
 class AllocEndpoint(_Base, rpc.AllocServiceServicer):
     SERVICE = "AllocService"
@@ -291,6 +330,25 @@ class AllocEndpoint(_Base, rpc.AllocServiceServicer):
                     f"{exc.details()}",
                 )
 
+    @_rpc("read")
+    def Restart(self, request: pb.AllocRestartRequest, context: Any) -> pb.AllocRestartResponse:
+        alloc = self.server.resolve_alloc(request.alloc_id)
+        node = self.server.state.node(alloc.node_id)
+        if node is None or not node.rpc_addr:
+            raise NotFound(f"node {alloc.node_id} of allocation {alloc.id[:8]} is unknown")
+        forwarded = pb.AllocRestartRequest(alloc_id=alloc.id, task=request.task)
+        try:
+            with grpc.insecure_channel(node.rpc_addr) as channel:
+                return rpc.ClientServiceStub(channel).Restart(forwarded, timeout=60)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                context.abort(exc.code(), exc.details() or "refused by the client")
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"cannot reach the client of node {node.name} at {node.rpc_addr}: {exc.details()}",
+            )
+        raise AssertionError("unreachable")
+
 
 class EvalEndpoint(_Base, rpc.EvalServiceServicer):
     SERVICE = "EvalService"
@@ -306,7 +364,8 @@ class EvalEndpoint(_Base, rpc.EvalServiceServicer):
         evals = [
             e
             for e in self.server.state.evals()
-            if e.id.startswith(request.prefix) and (not request.job_id or e.job_id == request.job_id)
+            if e.id.startswith(request.prefix)
+            and (not request.job_id or e.job_id == request.job_id)
         ]
         evals.sort(key=lambda e: e.create_index)
         return pb.EvalListResponse(evals=evals, meta=meta)
@@ -320,9 +379,7 @@ class NodeEndpoint(_Base, rpc.NodeServiceServicer):
         return self.server.register_node(request.node)
 
     @_rpc("write")
-    def Heartbeat(
-        self, request: pb.NodeHeartbeatRequest, context: Any
-    ) -> pb.NodeHeartbeatResponse:
+    def Heartbeat(self, request: pb.NodeHeartbeatRequest, context: Any) -> pb.NodeHeartbeatResponse:
         return self.server.heartbeat(request.node_id, request.secret_id)
 
     @_stream("read")
@@ -378,7 +435,44 @@ class NodeEndpoint(_Base, rpc.NodeServiceServicer):
 
     @_rpc("write")
     def SetDrain(self, request: pb.NodeDrainRequest, context: Any) -> pb.WriteResponse:
-        raise InvalidRequest(["node drain is not supported yet"])
+        return self.server.set_drain(
+            request.node_id,
+            request.enable,
+            request.deadline,
+            request.ignore_system_jobs,
+            request.mark_eligible,
+        )
+
+    @_rpc("write")
+    def UpdateServices(self, request: pb.NodeServicesRequest, context: Any) -> pb.WriteResponse:
+        return pb.WriteResponse(index=self.server.update_services(request))
+
+
+def _passing(svc: pb.ServiceRegistration) -> bool:
+    return svc.health in ("", "passing")
+
+
+class CatalogEndpoint(_Base, rpc.ServiceCatalogServicer):
+    SERVICE = "ServiceCatalog"
+
+    @_rpc("read")
+    def List(self, request: pb.ServiceListRequest, context: Any) -> pb.ServiceListResponse:
+        meta = self._block(request.query, "services")
+        ns = _ns(request.query.namespace)
+        tags: dict[str, set[str]] = {}
+        for svc in self.server.state.services():
+            if svc.namespace == ns and _passing(svc):
+                tags.setdefault(svc.service_name, set()).update(svc.tags)
+        stubs = [pb.ServiceStub(service_name=n, tags=sorted(t)) for n, t in sorted(tags.items())]
+        return pb.ServiceListResponse(namespace=ns, services=stubs, meta=meta)
+
+    @_rpc("read")
+    def Get(self, request: pb.ServiceGetRequest, context: Any) -> pb.ServiceGetResponse:
+        meta = self._block(request.query, "services")
+        found = self.server.state.services_by_name(_ns(request.query.namespace), request.name)
+        instances = [s for s in found if request.any_health or _passing(s)]
+        instances.sort(key=lambda s: (s.create_index, s.id))
+        return pb.ServiceGetResponse(instances=instances, meta=meta)
 
 
 class StatusEndpoint(_Base, rpc.StatusServiceServicer):
@@ -423,7 +517,9 @@ class OperatorEndpoint(_Base, rpc.OperatorServiceServicer):
 
     @_rpc("local")
     def StateDigest(self, request: pb.StatusRequest, context: Any) -> pb.StateDigestResponse:
-        return pb.StateDigestResponse(digest=self.server.fsm.digest(), index=self.server.state.index)
+        return pb.StateDigestResponse(
+            digest=self.server.fsm.digest(), index=self.server.state.index
+        )
 
     @_rpc("write")
     def RegisterServer(self, request: pb.ServerMember, context: Any) -> pb.WriteResponse:
@@ -441,5 +537,6 @@ def add_to_grpc(server: Server, grpc_server: grpc.Server) -> Forwarder:
     rpc.add_NodeServiceServicer_to_server(NodeEndpoint(server, fwd), grpc_server)
     rpc.add_StatusServiceServicer_to_server(StatusEndpoint(server, fwd), grpc_server)
     rpc.add_OperatorServiceServicer_to_server(OperatorEndpoint(server, fwd), grpc_server)
+    rpc.add_ServiceCatalogServicer_to_server(CatalogEndpoint(server, fwd), grpc_server)
     server.forwarder = fwd
     return fwd

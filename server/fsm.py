@@ -295,6 +295,8 @@ class FSM:
             alloc.modify_time = cmd.now
             updated.append(alloc)
         txn.put_allocs(updated)
+        ended = {a.id for a in updated if a.client_status in structs.ALLOC_TERMINAL_CLIENT}
+        self._drop_services_of(txn, ended)
         self._put_evals(txn, list(cmd.alloc_client_update.evals), cmd.now)
         return ""
 
@@ -351,9 +353,7 @@ class FSM:
                     alloc.client_description = old.client_description
                     for name, ts in old.task_states.items():
                         alloc.task_states[name].CopyFrom(ts)
-                    if old.HasField("deployment_status") and not new.HasField(
-                        "deployment_status"
-                    ):
+                    if old.HasField("deployment_status") and not new.HasField("deployment_status"):
                         alloc.deployment_status.CopyFrom(old.deployment_status)
                 if not alloc.client_status:
                     alloc.client_status = structs.ALLOC_CLIENT_PENDING
@@ -367,6 +367,9 @@ class FSM:
             alloc.modify_index = txn.index
             alloc.modify_time = cmd.now
         txn.put_allocs(work.values())
+        # A lost allocation's client cannot deregister its services: do it here.
+        lost = {a.id for a in work.values() if a.client_status == structs.ALLOC_CLIENT_LOST}
+        self._drop_services_of(txn, lost)
         self._put_evals(txn, list(cmd.apply_plan.evals), cmd.now)
         return ""
 
@@ -413,6 +416,14 @@ class FSM:
         if req.HasField("eval"):
             register.job_register.eval.CopyFrom(req.eval)
         return self._job_register(txn, register)
+
+    @staticmethod
+    def _drop_services_of(txn: _WriteTxn, alloc_ids: set[str]) -> None:
+        if not alloc_ids or not txn.t.services:
+            return
+        doomed = [s.id for s in txn.t.services.values() if s.alloc_id in alloc_ids]
+        if doomed:
+            txn.delete_services(doomed)
 
     def _service_upsert(self, txn: _WriteTxn, cmd: pb.Command) -> str:
         for svc in cmd.service_upsert.services:

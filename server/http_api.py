@@ -80,7 +80,11 @@ class HTTPAPI:
             from corral.server.endpoints import job_stub
 
             prefix = query.get("prefix", "")
-            return [to_json(job_stub(s, j)) for j in sorted(state.jobs(), key=lambda j: j.id) if j.id.startswith(prefix)], idx
+            return [
+                to_json(job_stub(s, j))
+                for j in sorted(state.jobs(), key=lambda j: j.id)
+                if j.id.startswith(prefix)
+            ], idx
         if rest == ["jobs"] and method in ("PUT", "POST"):
             return self._register(body), state.index
         if rest == ["jobs", "parse"] and method in ("PUT", "POST"):
@@ -141,7 +145,11 @@ class HTTPAPI:
             return [s.raft.self_address()], state.index
         if rest == ["agent", "self"]:
             return {
-                "config": {"Region": structs.DEFAULT_REGION, "Datacenter": "dc1", "Version": {"Version": "corral"}},
+                "config": {
+                    "Region": structs.DEFAULT_REGION,
+                    "Datacenter": "dc1",
+                    "Version": {"Version": "corral"},
+                },
                 "member": {"Name": s.raft.self_address(), "Status": "alive"},
                 "stats": {"raft": s.raft.status()},
             }, state.index
@@ -239,7 +247,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("X-Nomad-Index", str(index))
-        self.send_header("X-Nomad-KnownLeader", "true" if self.owner.server.raft.leader() else "false")
+        self.send_header(
+            "X-Nomad-KnownLeader", "true" if self.owner.server.raft.leader() else "false"
+        )
         self.send_header("X-Nomad-LastContact", "0")
         self.end_headers()
         self.wfile.write(data)

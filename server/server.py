@@ -137,7 +137,9 @@ class Server:
             if stored is None or stored.rpc_address != me.rpc_address or stored.name != me.name:
                 try:
                     if self.is_leader():
-                        self.propose(pb.Command(server_register=pb.ServerRegisterCommand(member=me)))
+                        self.propose(
+                            pb.Command(server_register=pb.ServerRegisterCommand(member=me))
+                        )
                     else:
                         addr = self.leader_rpc_addr()
                         if addr:
@@ -242,9 +244,7 @@ class Server:
                 self.broker.enqueue(ev)
             elif ev.status == structs.EVAL_STATUS_BLOCKED:
                 self.broker.block(ev)
-        self.heartbeats.start(
-            [n.id for n in snap.nodes() if n.status != structs.NODE_STATUS_DOWN]
-        )
+        self.heartbeats.start([n.id for n in snap.nodes() if n.status != structs.NODE_STATUS_DOWN])
         self._unblock_thread = threading.Thread(
             target=self._unblock_loop, name="unblock", daemon=True
         )
@@ -347,9 +347,7 @@ class Server:
                     log.exception("unblocking evaluations failed")
 
     def _commit_plan(self, plan: pb.Plan, evals: list[pb.Evaluation]) -> int:
-        result = self.propose(
-            pb.Command(apply_plan=pb.ApplyPlanCommand(plan=plan, evals=evals))
-        )
+        result = self.propose(pb.Command(apply_plan=pb.ApplyPlanCommand(plan=plan, evals=evals)))
         return result.index
 
     def update_evals(self, evals: list[pb.Evaluation]) -> int:
@@ -380,9 +378,7 @@ class Server:
         if problems:
             raise InvalidRequest(problems)
         ev = self._new_eval(job, job.namespace, job.id, structs.TRIGGER_JOB_REGISTER)
-        result = self.propose(
-            pb.Command(job_register=pb.JobRegisterCommand(job=job, eval=ev))
-        )
+        result = self.propose(pb.Command(job_register=pb.JobRegisterCommand(job=job, eval=ev)))
         if result.error:
             raise InvalidRequest([result.error])
         stored = self.state.job(job.namespace, job.id)
@@ -409,6 +405,126 @@ class Server:
         if result.error:
             raise NotFound(result.error)
         return pb.JobDeregisterResponse(eval_id=ev.id, index=result.index)
+
+    def scale_job(
+        self, namespace: str, job_id: str, group: str, count: int
+    ) -> pb.JobRegisterResponse:
+        namespace = namespace or structs.DEFAULT_NAMESPACE
+        job = self.state.job(namespace, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found")
+        if not group:
+            if len(job.task_groups) != 1:
+                names = ", ".join(g.name for g in job.task_groups)
+                raise InvalidRequest([f"job {job_id!r} has several groups ({names}): name one"])
+            group = job.task_groups[0].name
+        if structs.group_by_name(job, group) is None:
+            raise InvalidRequest([f"job {job_id!r} has no group {group!r}"])
+        if count < 0:
+            raise InvalidRequest([f"count must be >= 0, got {count}"])
+        if job.type == structs.JOB_TYPE_SYSTEM:
+            raise InvalidRequest(["system jobs cannot be scaled: they run one allocation per node"])
+        ev = self._new_eval(job, namespace, job_id, structs.TRIGGER_SCALING)
+        result = self.propose(
+            pb.Command(
+                job_scale=pb.JobScaleCommand(
+                    namespace=namespace, job_id=job_id, group=group, count=count, eval=ev
+                )
+            )
+        )
+        if result.error:
+            raise InvalidRequest([result.error])
+        stored = self.state.job(namespace, job_id)
+        return pb.JobRegisterResponse(
+            eval_id=ev.id,
+            eval_create_index=result.index,
+            job_modify_index=stored.job_modify_index if stored is not None else 0,
+            index=result.index,
+        )
+
+    def revert_job(
+        self, namespace: str, job_id: str, version: int, enforce_prior: int | None
+    ) -> pb.JobRegisterResponse:
+        namespace = namespace or structs.DEFAULT_NAMESPACE
+        current = self.state.job(namespace, job_id)
+        if current is None:
+            raise NotFound(f"job {job_id!r} not found")
+        if enforce_prior is not None and current.version != enforce_prior:
+            raise InvalidRequest(
+                [f"current job version is {current.version}, not {enforce_prior} as enforced"]
+            )
+        if version == current.version:
+            raise InvalidRequest([f"job is already at version {version}"])
+        old = self.state.job_version(namespace, job_id, version)
+        if old is None:
+            known = ", ".join(str(v.version) for v in self.state.job_versions(namespace, job_id))
+            raise NotFound(f"job {job_id!r} has no version {version} (tracked: {known})")
+        return self.register_job(old)
+
+    def plan_job(self, job: pb.Job) -> pb.JobPlanResponse:
+        """A dry run: the scheduler on a snapshot with the job swapped in; nothing
+        is committed."""
+        from corral import jobspec
+        from corral.scheduler import compute_plan
+        from corral.server.dryrun import OverlaySnapshot, annotate, spec_diff
+
+        job = _copy(job)
+        structs.canonicalize(job)
+        problems = jobspec.validate(job)
+        if problems:
+            raise InvalidRequest(problems)
+        snap = self.state.snapshot()
+        current = snap.job(job.namespace, job.id)
+        proposed = _copy(job)
+        from corral.server.fsm import spec_changed
+
+        changed_spec = current is None or spec_changed(current, proposed)
+        proposed.version = (
+            (current.version + 1)
+            if (current is not None and changed_spec)
+            else (current.version if current is not None else 0)
+        )
+        overlay = OverlaySnapshot(snap, proposed)
+        ev = self._new_eval(proposed, job.namespace, job.id, structs.TRIGGER_JOB_REGISTER)
+        result = compute_plan(overlay, ev, 1)
+        resp = pb.JobPlanResponse(
+            diff=spec_diff(current, proposed),
+            job_modify_index=current.job_modify_index if current is not None else 0,
+        )
+        for group, ann in annotate(result.plan, snap, proposed).items():
+            resp.annotations[group].CopyFrom(ann)
+        for group, metric in result.failed_tg_allocs.items():
+            resp.failed_tg_allocs[group].CopyFrom(metric)
+        resp.changed = changed_spec or any(
+            a.place or a.stop or a.destructive_update for a in resp.annotations.values()
+        )
+        return resp
+
+    # ------------------------------------------------------------ services
+    def update_services(self, req: pb.NodeServicesRequest) -> int:
+        node = self.state.node(req.node_id)
+        if node is None:
+            raise NotFound(f"node {req.node_id} not registered")
+        if node.secret_id and req.secret_id != node.secret_id:
+            raise InvalidRequest(["node secret ID does not match"])
+        index = self.state.index
+        if req.delete_ids or req.delete_alloc_ids:
+            index = self.propose(
+                pb.Command(
+                    service_delete=pb.ServiceDeleteCommand(
+                        ids=list(req.delete_ids), alloc_ids=list(req.delete_alloc_ids)
+                    )
+                )
+            ).index
+        if req.upserts:
+            for svc in req.upserts:
+                svc.node_id = node.id
+                svc.datacenter = svc.datacenter or node.datacenter
+                svc.namespace = svc.namespace or structs.DEFAULT_NAMESPACE
+            index = self.propose(
+                pb.Command(service_upsert=pb.ServiceUpsertCommand(services=list(req.upserts)))
+            ).index
+        return index
 
     # ------------------------------------------------------------ nodes
     def register_node(self, node: pb.Node) -> pb.NodeHeartbeatResponse:
@@ -484,6 +600,23 @@ class Server:
                 jobs[key] = self.state.job(*key)
         return [self._new_eval(job, ns, jid, trigger, node_id) for (ns, jid), job in jobs.items()]
 
+    def set_drain(
+        self, node_id: str, enable: bool, deadline_ns: int, ignore_system: bool, mark_eligible: bool
+    ) -> pb.WriteResponse:
+        node = self.resolve_node(node_id)
+        cmd = pb.NodeDrainCommand(node_id=node.id, mark_eligible=mark_eligible)
+        evals: list[pb.Evaluation] = []
+        if enable:
+            cmd.drain_strategy.deadline = deadline_ns
+            cmd.drain_strategy.ignore_system_jobs = ignore_system
+            cmd.drain_strategy.started_at = now_ns()
+            evals = self._evals_for_node(node.id, structs.TRIGGER_NODE_DRAIN)
+        cmd.evals.extend(evals)
+        result = self.propose(pb.Command(node_drain=cmd))
+        if result.error:
+            raise NotFound(result.error)
+        return pb.WriteResponse(index=result.index, eval_ids=[e.id for e in evals])
+
     def set_eligibility(self, node_id: str, eligible: bool) -> pb.WriteResponse:
         node = self.resolve_node(node_id)
         result = self.propose(
@@ -554,7 +687,9 @@ class Server:
         if job.type == structs.JOB_TYPE_BATCH and allocs:
             return structs.JOB_STATUS_DEAD
         evals = self.state.evals_by_job(job.namespace, job.id)
-        if any(e.status in (structs.EVAL_STATUS_PENDING, structs.EVAL_STATUS_BLOCKED) for e in evals):
+        if any(
+            e.status in (structs.EVAL_STATUS_PENDING, structs.EVAL_STATUS_BLOCKED) for e in evals
+        ):
             return structs.JOB_STATUS_PENDING
         return structs.JOB_STATUS_PENDING if not allocs else structs.JOB_STATUS_DEAD
 

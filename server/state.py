@@ -376,4 +376,3 @@ def _remove(index: dict[_K, frozenset[str]], key: _K, value: str) -> None:
         index[key] = rest
     else:
         del index[key]
-

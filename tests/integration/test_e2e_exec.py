@@ -36,9 +36,7 @@ def job_status(agent: DevAgent, job_id: str) -> dict:  # type: ignore[type-arg]
 def running_allocs(agent: DevAgent, job_id: str, count: int) -> list[dict]:  # type: ignore[type-arg]
     def check() -> list[dict] | None:  # type: ignore[type-arg]
         allocs = [
-            a
-            for a in job_status(agent, job_id)["Allocations"]
-            if a["DesiredStatus"] == "run"
+            a for a in job_status(agent, job_id)["Allocations"] if a["DesiredStatus"] == "run"
         ]
         if len(allocs) == count and all(a["ClientStatus"] == "running" for a in allocs):
             return allocs
@@ -55,7 +53,7 @@ def http_get(host: str, port: int) -> str:
 def test_raw_exec_job_end_to_end(agent: DevAgent) -> None:
     run = cli(agent, "job", "run", str(ROOT / "examples" / "hello-exec.hcl"))
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "finished with status \"complete\"" in run.stdout
+    assert 'finished with status "complete"' in run.stdout
 
     allocs = running_allocs(agent, "hello-exec", 2)
     for alloc in allocs:
@@ -110,7 +108,9 @@ def _try_get(host: str, port: int) -> str | None:
         return None
 
 
-def test_task_that_cannot_start_fails_with_the_driver_message(agent: DevAgent, tmp_path: Path) -> None:
+def test_task_that_cannot_start_fails_with_the_driver_message(
+    agent: DevAgent, tmp_path: Path
+) -> None:
     job = tmp_path / "broken.hcl"
     job.write_text(
         """

@@ -25,7 +25,9 @@ CLUSTER_KEY = "test-cluster-key-not-secret"
 class ServerProcess(AgentProcess):
     name = "server"
 
-    def __init__(self, index: int, base_dir: Path, peers: list[str], raft_port: int, *extra: str) -> None:
+    def __init__(
+        self, index: int, base_dir: Path, peers: list[str], raft_port: int, *extra: str
+    ) -> None:
         super().__init__(extra, base_dir=base_dir / f"s{index}")
         self.index = index
         self.http_port = free_port()
@@ -74,9 +76,7 @@ class ServerProcess(AgentProcess):
 
     def is_ready(self) -> bool:
         try:
-            rpc.StatusServiceStub(self.channel()).Status(
-                pb.StatusRequest(), timeout=2
-            )
+            rpc.StatusServiceStub(self.channel()).Status(pb.StatusRequest(), timeout=2)
             return True
         except grpc.RpcError:
             return False
@@ -149,7 +149,7 @@ class Cluster:
             digests = set()
             for s in self.running():
                 try:
-                    digests.add((s.digest().digest))
+                    digests.add(s.digest().digest)
                 except grpc.RpcError:
                     return None
             return digests.pop() if len(digests) == 1 else None

@@ -73,7 +73,9 @@ def test_deregister_stops_then_purge_deletes() -> None:
 
 def test_deregister_unknown_job_is_refused_without_change() -> None:
     fsm = new_fsm()
-    res = fsm.apply(command(job_deregister=pb.JobDeregisterCommand(namespace="default", job_id="x")))
+    res = fsm.apply(
+        command(job_deregister=pb.JobDeregisterCommand(namespace="default", job_id="x"))
+    )
     assert "not found" in res.error
     assert fsm.state.jobs() == []
 
@@ -84,7 +86,14 @@ def test_apply_plan_places_and_stops_and_links_replacements() -> None:
     fsm.apply(command(node_register=pb.NodeRegisterCommand(node=node)))
     job = f.job(count=1)
     register(fsm, job)
-    first = pb.Allocation(id=f.uid("c"), namespace="default", job_id="web", task_group="web", node_id=node.id, desired_status="run")
+    first = pb.Allocation(
+        id=f.uid("c"),
+        namespace="default",
+        job_id="web",
+        task_group="web",
+        node_id=node.id,
+        desired_status="run",
+    )
     plan = pb.Plan(job_id="web", namespace="default")
     plan.node_allocation[node.id].allocs.append(first)
     fsm.apply(command(apply_plan=pb.ApplyPlanCommand(plan=plan)))
@@ -92,9 +101,19 @@ def test_apply_plan_places_and_stops_and_links_replacements() -> None:
     assert stored is not None and stored.client_status == structs.ALLOC_CLIENT_PENDING
     assert [a.id for a in fsm.state.allocs_by_node(node.id)] == [first.id]
 
-    second = pb.Allocation(id=f.uid("c"), namespace="default", job_id="web", task_group="web", node_id=node.id, desired_status="run", previous_allocation=first.id)
+    second = pb.Allocation(
+        id=f.uid("c"),
+        namespace="default",
+        job_id="web",
+        task_group="web",
+        node_id=node.id,
+        desired_status="run",
+        previous_allocation=first.id,
+    )
     plan = pb.Plan(job_id="web", namespace="default")
-    plan.node_update[node.id].allocs.append(pb.Allocation(id=first.id, desired_status="stop", desired_description="replaced"))
+    plan.node_update[node.id].allocs.append(
+        pb.Allocation(id=first.id, desired_status="stop", desired_description="replaced")
+    )
     plan.node_allocation[node.id].allocs.append(second)
     fsm.apply(command(apply_plan=pb.ApplyPlanCommand(plan=plan)))
     old = fsm.state.alloc(first.id)
@@ -106,7 +125,9 @@ def test_apply_plan_places_and_stops_and_links_replacements() -> None:
 def test_client_update_merges_client_fields_only() -> None:
     fsm = new_fsm()
     node = f.node()
-    alloc = pb.Allocation(id=f.uid("c"), namespace="default", job_id="web", node_id=node.id, desired_status="run")
+    alloc = pb.Allocation(
+        id=f.uid("c"), namespace="default", job_id="web", node_id=node.id, desired_status="run"
+    )
     plan = pb.Plan()
     plan.node_allocation[node.id].allocs.append(alloc)
     fsm.apply(command(apply_plan=pb.ApplyPlanCommand(plan=plan)))
@@ -139,7 +160,9 @@ def test_snapshot_restore_round_trip_and_replicas_agree() -> None:
     job = f.job()
     commands.append(command(job_register=pb.JobRegisterCommand(job=job, eval=f.evaluation(job))))
     plan = pb.Plan()
-    plan.node_allocation[node.id].allocs.add(id=f.uid("c"), namespace="default", job_id="web", node_id=node.id)
+    plan.node_allocation[node.id].allocs.add(
+        id=f.uid("c"), namespace="default", job_id="web", node_id=node.id
+    )
     commands.append(command(apply_plan=pb.ApplyPlanCommand(plan=plan)))
     job2 = f.job(count=1)
     commands.append(command(job_register=pb.JobRegisterCommand(job=job2)))
@@ -167,7 +190,11 @@ def test_node_reregistration_keeps_operator_decisions() -> None:
     fsm = new_fsm()
     node = f.node()
     fsm.apply(command(node_register=pb.NodeRegisterCommand(node=node)))
-    fsm.apply(command(node_eligibility=pb.NodeEligibilityCommand(node_id=node.id, eligibility="ineligible")))
+    fsm.apply(
+        command(
+            node_eligibility=pb.NodeEligibilityCommand(node_id=node.id, eligibility="ineligible")
+        )
+    )
     fsm.apply(command(node_register=pb.NodeRegisterCommand(node=node)))
     stored = fsm.state.node(node.id)
     assert stored is not None and stored.scheduling_eligibility == "ineligible"

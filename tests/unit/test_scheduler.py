@@ -131,7 +131,9 @@ def test_static_port_collision_spreads_allocations() -> None:
     result = h.run(job)
     assert result.placed == 2
     assert {a.node_id for a in h.live()} == {n.id for n in nodes}
-    assert result.failed_tg_allocs["web"].dimension_exhausted["network: reserved port collision"] >= 1
+    assert (
+        result.failed_tg_allocs["web"].dimension_exhausted["network: reserved port collision"] >= 1
+    )
 
 
 def test_stop_job_stops_every_allocation() -> None:
@@ -155,7 +157,9 @@ def test_scale_down_stops_highest_indexes_and_scale_up_is_in_place() -> None:
     h.run(job)
     assert sorted(a.name for a in h.live()) == ["web.web[0]", "web.web[1]"]
     # Survivors are the same allocations, updated in place to the new version.
-    assert {a.name: a.id for a in h.live()} == {k: v for k, v in before.items() if k in ("web.web[0]", "web.web[1]")}
+    assert {a.name: a.id for a in h.live()} == {
+        k: v for k, v in before.items() if k in ("web.web[0]", "web.web[1]")
+    }
     assert {a.job_version for a in h.live()} == {1}
 
 
@@ -216,8 +220,14 @@ def test_deterministic_for_a_seed() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(
-    node_sizes=st.lists(st.tuples(st.integers(200, 4000), st.integers(128, 4096)), min_size=1, max_size=8),
-    groups=st.lists(st.tuples(st.integers(0, 12), st.integers(50, 1500), st.integers(32, 1500)), min_size=1, max_size=4),
+    node_sizes=st.lists(
+        st.tuples(st.integers(200, 4000), st.integers(128, 4096)), min_size=1, max_size=8
+    ),
+    groups=st.lists(
+        st.tuples(st.integers(0, 12), st.integers(50, 1500), st.integers(32, 1500)),
+        min_size=1,
+        max_size=4,
+    ),
     seed=st.integers(0, 2**32),
 )
 def test_property_no_node_is_ever_overcommitted(

@@ -65,7 +65,9 @@ def test_plan_applier_refuses_overcommit_from_a_stale_plan() -> None:
     fsm.apply(command(node_register=pb.NodeRegisterCommand(node=node)))
 
     def plan_with(cpu: int, port: int) -> pb.Plan:
-        alloc = pb.Allocation(id=f.uid("c"), namespace="default", job_id="j", node_id=node.id, desired_status="run")
+        alloc = pb.Allocation(
+            id=f.uid("c"), namespace="default", job_id="j", node_id=node.id, desired_status="run"
+        )
         alloc.allocated_resources.tasks["t"].cpu.cpu_shares = cpu
         alloc.allocated_resources.tasks["t"].memory.memory_mb = 10
         alloc.allocated_resources.shared.ports.add(label="http", value=port)
@@ -95,7 +97,9 @@ def test_restart_tracker_follows_policy() -> None:
     assert t.on_exit(200, successful=False).action == RESTART
     batch = RestartTracker(policy, "batch")
     assert batch.on_exit(0, successful=True).action == DONE
-    delay_mode = RestartTracker(pb.RestartPolicy(attempts=0, interval=100, delay=5, mode="delay"), "service")
+    delay_mode = RestartTracker(
+        pb.RestartPolicy(attempts=0, interval=100, delay=5, mode="delay"), "service"
+    )
     assert delay_mode.on_exit(0, successful=False).action == FAIL  # nothing to wait for yet
     assert RestartTracker(policy, "service").on_start_error(0, False, "no image").action == FAIL
 
@@ -133,7 +137,9 @@ def test_in_memory_server_blocks_then_places_when_capacity_appears() -> None:
             if ev is not None and ev.status == structs.EVAL_STATUS_COMPLETE:
                 break
             time.sleep(0.01)
-        assert ev is not None and ev.blocked_eval and ev.failed_tg_allocs["web"].nodes_evaluated == 0
+        assert (
+            ev is not None and ev.blocked_eval and ev.failed_tg_allocs["web"].nodes_evaluated == 0
+        )
         server.register_node(f.node())
         while time.monotonic() < deadline and len(server.state.allocs_by_job("default", "web")) < 2:
             time.sleep(0.01)

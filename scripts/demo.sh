@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# corral in one minute: start a dev agent (server + client in one process), run
+# the "hello" job, show its status, ask each allocation's HTTP endpoint, stop the
+# job and the agent.
+#
+# With a Docker engine it runs examples/hello.hcl (docker driver, the local
+# corral-busybox image, built here when missing); without one it says so and runs
+# examples/hello-exec.hcl (raw_exec driver) instead.
+#
+# Ports: 4646/4647/4648 when free, else free ones. The agent's log and data live
+# in a temp dir (the log is copied to $CORRAL_LOG_DIR/demo-agent.log at the end).
+# Called by `make demo`, which first runs scripts/setup.sh and
+# scripts/ensure-docker.sh.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${CORRAL_VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+CORRAL="$VENV/bin/corral"
+LOG_DIR="${CORRAL_LOG_DIR:-/tmp/corral-logs}"
+JOB="" # from the job file's `job "..."` line
+IMAGE=corral-busybox:latest
+
+say() { echo "demo: $*"; }
+die() {
+	echo "demo: $*" >&2
+	exit 1
+}
+
+[[ -x "$PY" && -x "$CORRAL" ]] || die "no venv at $VENV; run scripts/setup.sh (or make demo)"
+mkdir -p "$LOG_DIR"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/corral-demo.XXXXXX")"
+AGENT_LOG="$WORK/agent.log"
+AGENT_PID=""
+JOB_RUNNING=0
+
+agent_alive() { [[ -n "$AGENT_PID" ]] && kill -0 "$AGENT_PID" 2>/dev/null; }
+
+show_agent_log() {
+	echo "----- last 30 lines of the agent log ($AGENT_LOG) -----" >&2
+	tail -n 30 "$AGENT_LOG" >&2 || true
+}
+
+# Poll "$@" until it succeeds, for at most $1 seconds; fail early if the agent died.
+poll() {
+	local seconds=$1 what=$2
+	shift 2
+	local deadline=$((SECONDS + seconds))
+	until "$@"; do
+		agent_alive || {
+			show_agent_log
+			die "the agent exited while waiting for $what"
+		}
+		if ((SECONDS >= deadline)); then
+			show_agent_log
+			die "timed out after ${seconds}s waiting for $what"
+		fi
+		sleep 0.5
+	done
+}
+
+# JSON helpers: the venv's Python reads the CLI's --json output (no jq needed).
+HELPER="$WORK/demo_helper.py"
+cat >"$HELPER" <<'EOF'
+"""demo.sh's helpers; the CLI's --json output comes on stdin."""
+import json
+import socket
+import sys
+import time
+import urllib.request
+
+
+def load():
+    try:
+        return json.load(sys.stdin)
+    except ValueError:  # the CLI failed (server not up yet): "not yet"
+        sys.exit(1)
+
+
+def allocations(data):
+    if isinstance(data, dict):
+        return data.get("Allocations") or []
+    return data
+
+
+def node_ready():
+    data = load()
+    nodes = data.get("Nodes", [data]) if isinstance(data, dict) else data
+    return 0 if any(n.get("Status") == "ready" for n in nodes) else 1
+
+
+def allocs_running():
+    """0: every wanted allocation runs; 1: not yet; 2: one failed (give up)."""
+    data = load()
+    job = (data.get("Job") or data) if isinstance(data, dict) else {}
+    want = sum(int(g.get("Count", 1)) for g in job.get("TaskGroups") or []) or 1
+    live = [a for a in allocations(data) if a.get("DesiredStatus", "run") == "run"]
+    failed = [a for a in live if a.get("ClientStatus") in ("failed", "lost")]
+    for a in failed:
+        print(
+            f"allocation {a.get('ID', '?')[:8]} is {a.get('ClientStatus')}: "
+            f"{a.get('ClientDescription', '')}",
+            file=sys.stderr,
+        )
+    if failed:
+        return 2
+    running = [a for a in live if a.get("ClientStatus") == "running"]
+    return 0 if len(running) >= want and len(running) == len(live) else 1
+
+
+def allocs_stopped():
+    active = ("pending", "running")
+    return 1 if any(a.get("ClientStatus") in active for a in allocations(load())) else 0
+
+
+def fetch():
+    """GET / on every port of every running allocation (retrying for a few seconds
+    while the server inside comes up) and print the answers."""
+    failures = 0
+    for a in allocations(load()):
+        if a.get("ClientStatus") != "running":
+            continue
+        ports = ((a.get("AllocatedResources") or {}).get("Shared") or {}).get("Ports") or []
+        for p in ports:
+            host = p.get("HostIP") or "127.0.0.1"
+            if host in ("0.0.0.0", "::"):
+                host = "127.0.0.1"
+            url = f"http://{host}:{p.get('Value')}/"
+            name = f"alloc {a.get('ID', '?')[:8]} port {p.get('Label', '?')}"
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    with urllib.request.urlopen(url, timeout=3) as resp:
+                        body = resp.read(4096).decode(errors="replace").strip()
+                        first = body.splitlines()[0][:100] if body else ""
+                        print(f"  {name}: GET {url} -> {resp.status} {first}")
+                    break
+                except Exception as exc:
+                    if time.monotonic() >= deadline:
+                        print(f"  {name}: GET {url} -> no answer ({exc})")
+                        failures += 1
+                        break
+                    time.sleep(0.3)
+    return 1 if failures else 0
+
+
+def ports():
+    """Nomad's default ports when all three are free, else any free ones."""
+
+    def free(port):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+            return True
+
+    chosen = [4646, 4647, 4648]
+    if not all(free(p) for p in chosen):
+        chosen = []
+        while len(chosen) < 3:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in chosen:
+                chosen.append(port)
+    print(*chosen)
+    return 0
+
+
+sys.exit(globals()[sys.argv[1].replace("-", "_")]())
+EOF
+
+node_ready() { "$CORRAL" node status --json 2>/dev/null | "$PY" "$HELPER" node-ready; }
+
+allocs_running() {
+	local rc=0
+	"$CORRAL" job status "$JOB" --json 2>/dev/null | "$PY" "$HELPER" allocs-running || rc=$?
+	if ((rc == 2)); then
+		"$CORRAL" job status "$JOB" || true
+		die "an allocation of $JOB failed; see: corral alloc status <id> / corral alloc logs <id>"
+	fi
+	return "$rc"
+}
+
+allocs_stopped() { "$CORRAL" job status "$JOB" --json 2>/dev/null | "$PY" "$HELPER" allocs-stopped; }
+
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	if ((JOB_RUNNING)) && agent_alive; then
+		"$CORRAL" job stop "$JOB" >/dev/null 2>&1 || true
+		local deadline=$((SECONDS + 30))
+		until allocs_stopped || ((SECONDS >= deadline)); do sleep 0.5; done
+	fi
+	if agent_alive; then
+		kill -TERM "$AGENT_PID" 2>/dev/null || true
+		local deadline=$((SECONDS + 20))
+		while agent_alive && ((SECONDS < deadline)); do sleep 0.2; done
+		if agent_alive; then
+			say "the agent ignored SIGTERM for 20s; killing it"
+			kill -KILL "$AGENT_PID" 2>/dev/null || true
+		fi
+		say "agent stopped"
+	fi
+	cp "$AGENT_LOG" "$LOG_DIR/demo-agent.log" 2>/dev/null || true
+	rm -rf "$WORK"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Ports: Nomad's defaults when all three are free, else any free ones.
+read -r HTTP_PORT RPC_PORT RAFT_PORT < <("$PY" "$HELPER" ports </dev/null)
+export CORRAL_ADDR="127.0.0.1:$RPC_PORT"
+
+# Which job: docker when an engine answers, raw_exec otherwise.
+# (CORRAL_DEMO_JOB=<file> runs another job file.)
+if command -v docker >/dev/null 2>&1 && timeout 20 docker info >/dev/null 2>&1; then
+	JOBFILE="${CORRAL_DEMO_JOB:-$ROOT/examples/hello.hcl}"
+	docker image inspect "$IMAGE" >/dev/null 2>&1 || "$ROOT/scripts/build-image.sh"
+else
+	JOBFILE="${CORRAL_DEMO_JOB:-$ROOT/examples/hello-exec.hcl}"
+	say "no Docker engine answers: running $(basename "$JOBFILE") with the raw_exec driver instead"
+fi
+[[ -f "$JOBFILE" ]] || die "$JOBFILE is missing"
+JOB="$(sed -n 's/^job "\([^"]*\)".*/\1/p' "$JOBFILE" | head -n 1)"
+[[ -n "$JOB" ]] || die "no job \"...\" block found in $JOBFILE"
+
+say "starting a dev agent: corral agent --dev (gRPC $CORRAL_ADDR, HTTP 127.0.0.1:$HTTP_PORT, log $AGENT_LOG)"
+# Own session: a Ctrl-C reaches this script, whose trap stops the job and then the agent.
+setsid "$CORRAL" agent --dev --data-dir "$WORK/data" --bind 127.0.0.1 \
+	--http-port "$HTTP_PORT" --rpc-port "$RPC_PORT" --raft-port "$RAFT_PORT" \
+	>"$AGENT_LOG" 2>&1 </dev/null &
+AGENT_PID=$!
+
+poll 60 "a ready node" node_ready
+say "node ready:"
+"$CORRAL" node status
+
+say "\$ corral job run ${JOBFILE#"$ROOT"/}"
+JOB_RUNNING=1
+timeout 120 "$CORRAL" job run "$JOBFILE"
+
+poll 120 "every allocation of $JOB to run" allocs_running
+say "\$ corral job status $JOB"
+"$CORRAL" job status "$JOB"
+
+say "asking each allocation's HTTP endpoint:"
+"$CORRAL" job status "$JOB" --json | "$PY" "$HELPER" fetch
+
+say "\$ corral job stop $JOB"
+"$CORRAL" job stop "$JOB"
+poll 60 "the allocations of $JOB to stop" allocs_stopped
+JOB_RUNNING=0
+say "done: the job ran, answered and stopped; stopping the agent"

@@ -1,0 +1,126 @@
+"""``job plan``: run the scheduler on a snapshot with the proposed job swapped in.
+
+Nothing is committed; the result tells what a ``job run`` would do (per group:
+place, stop, in-place or destructive updates) and how the spec changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corral.api.jsonmap import to_json
+from corral.proto import pb
+from corral.server.state import StateSnapshot
+
+_IGNORED = {
+    "Version",
+    "Stable",
+    "SubmitTime",
+    "CreateIndex",
+    "ModifyIndex",
+    "JobModifyIndex",
+    "Status",
+    "StatusDescription",
+}
+
+
+class OverlaySnapshot:
+    """A snapshot that answers with the proposed job instead of the stored one."""
+
+    def __init__(self, snap: StateSnapshot, job: pb.Job) -> None:
+        self._snap = snap
+        self._job = job
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._snap, name)
+
+    @property
+    def index(self) -> int:
+        return self._snap.index
+
+    def job(self, namespace: str, job_id: str) -> pb.Job | None:
+        if (namespace, job_id) == (self._job.namespace, self._job.id):
+            return self._job
+        return self._snap.job(namespace, job_id)
+
+    def job_version(self, namespace: str, job_id: str, version: int) -> pb.Job | None:
+        if (namespace, job_id) == (
+            self._job.namespace,
+            self._job.id,
+        ) and version == self._job.version:
+            return self._job
+        return self._snap.job_version(namespace, job_id, version)
+
+
+def annotate(plan: pb.Plan, snap: StateSnapshot, job: pb.Job) -> dict[str, pb.PlanAnnotation]:
+    """Per group counts of what the plan does, as Nomad's plan annotations."""
+    out: dict[str, pb.PlanAnnotation] = {g.name: pb.PlanAnnotation() for g in job.task_groups}
+    replaced: set[str] = set()
+    for lst in plan.node_allocation.values():
+        for alloc in lst.allocs:
+            ann = out.setdefault(alloc.task_group, pb.PlanAnnotation())
+            if snap.alloc(alloc.id) is not None:
+                ann.in_place_update += 1
+            elif alloc.previous_allocation:
+                replaced.add(alloc.previous_allocation)
+                ann.destructive_update += 1
+            else:
+                ann.place += 1
+    for lst in plan.node_update.values():
+        for stop in lst.allocs:
+            if stop.id in replaced:
+                continue
+            old = snap.alloc(stop.id)
+            group = old.task_group if old is not None else ""
+            out.setdefault(group, pb.PlanAnnotation()).stop += 1
+    live = {}
+    for alloc in snap.allocs_by_job(job.namespace, job.id):
+        if alloc.desired_status == "run" and alloc.client_status not in (
+            "complete",
+            "failed",
+            "lost",
+        ):
+            live[alloc.task_group] = live.get(alloc.task_group, 0) + 1
+    for group, ann in out.items():
+        touched = ann.in_place_update + ann.destructive_update + ann.stop
+        ann.ignore = max(live.get(group, 0) - touched, 0)
+    return out
+
+
+def spec_diff(old: pb.Job | None, new: pb.Job) -> str:
+    """Nomad-like diff lines: ``+ Field: "v"``, ``- Field: "v"``, ``~ Field: "a" => "b"``."""
+    if old is None:
+        return f'+ Job: "{new.id}"'
+    lines: list[str] = []
+    _walk(to_json(old), to_json(new), "", lines)
+    return "\n".join(lines)
+
+
+def _walk(a: Any, b: Any, path: str, out: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if not path and key in _IGNORED:
+                continue
+            sub = f"{path}.{key}" if path else key
+            if key not in a:
+                out.append(f"+ {sub}: {_fmt(b[key])}")
+            elif key not in b:
+                out.append(f"- {sub}: {_fmt(a[key])}")
+            else:
+                _walk(a[key], b[key], sub, out)
+        return
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            label = y.get("Name") if isinstance(y, dict) and y.get("Name") else str(i)
+            _walk(x, y, f"{path}[{label}]", out)
+        return
+    if a != b:
+        out.append(f"~ {path}: {_fmt(a)} => {_fmt(b)}")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, str):
+        return f'"{v}"'
+    import json
+
+    return json.dumps(v, sort_keys=True)
