@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 _STRUCT = "google.protobuf.Struct"
@@ -112,7 +112,7 @@ def to_json(msg: Message, *, omit_empty: bool = False) -> dict[str, Any]:
     return out
 
 
-def _field_index(desc: Descriptor) -> dict[str, FieldDescriptor]:
+def _field_index(desc: Any) -> dict[str, FieldDescriptor]:
     """Fields by json_name, by proto name and case-insensitively (HCL-ish keys)."""
     cached: dict[str, FieldDescriptor] | None = _INDEX_CACHE.get(desc.full_name)
     if cached is None:

@@ -12,10 +12,16 @@ import signal
 import tempfile
 import threading
 from concurrent import futures
+from typing import TYPE_CHECKING
 
 import grpc
 
 from corral.agentconfig import AgentConfig
+
+if TYPE_CHECKING:
+    from corral.client.agent import ClientAgent
+    from corral.server.http_api import HTTPAPI
+    from corral.server.server import Server
 
 log = logging.getLogger("corral.agent")
 
@@ -29,10 +35,10 @@ class Agent:
         if not cfg.data_dir:
             cfg.data_dir = tempfile.mkdtemp(prefix="corral-")
         self.cfg = cfg
-        self.server = None
+        self.server: Server | None = None
         self.grpc_server: grpc.Server | None = None
-        self.http = None
-        self.client = None
+        self.http: HTTPAPI | None = None
+        self.client: ClientAgent | None = None
 
     @property
     def rpc_addr(self) -> str:
@@ -48,7 +54,7 @@ class Agent:
 
             raft_addr = f"{cfg.bind}:{cfg.raft_port}"
             peers = tuple(cfg.servers) if cfg.servers else ()
-            self.server = Server(
+            server = self.server = Server(
                 ServerConfig(
                     data_dir=os.path.join(cfg.data_dir, "server"),
                     raft_address=raft_addr,
@@ -72,13 +78,13 @@ class Agent:
                     ("grpc.so_reuseport", 0),
                 ],
             )
-            add_to_grpc(self.server, self.grpc_server)
+            add_to_grpc(server, self.grpc_server)
             bound = self.grpc_server.add_insecure_port(self.rpc_addr)
             if bound == 0:
                 raise OSError(f"cannot listen for gRPC on {self.rpc_addr}")
-            self.server.start()
+            server.start()
             self.grpc_server.start()
-            self.http = HTTPAPI(self.server, cfg.bind, cfg.http_port)
+            self.http = HTTPAPI(server, cfg.bind, cfg.http_port)
             self.http.start()
             log.info(
                 "server started: gRPC %s, HTTP %s:%d, raft %s",
@@ -91,7 +97,7 @@ class Agent:
             from corral.client.agent import ClientAgent, ClientConfig
 
             servers = list(cfg.servers) if (cfg.servers and not cfg.server) else [self.rpc_addr]
-            self.client = ClientAgent(
+            client = self.client = ClientAgent(
                 ClientConfig(
                     data_dir=cfg.data_dir,
                     servers=servers,
@@ -106,8 +112,8 @@ class Agent:
                     stop_allocs_on_shutdown=cfg.dev,
                 )
             )
-            self.client.start()
-            log.info("client started: node %s (%s)", self.client.node.name, self.client.node.id)
+            client.start()
+            log.info("client started: node %s (%s)", client.node.name, client.node.id)
 
     def stop(self) -> None:
         if self.client is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+from corral import structs
 from corral.jobspec import hcl
 from corral.jobspec.decode import decode
 from corral.jobspec.duration import DurationError, format_duration, parse_duration
@@ -20,8 +21,6 @@ from corral.jobspec.jsonspec import decode_json, load_json
 from corral.jobspec.support import KNOWN_DRIVERS, NOT_YET_SUPPORTED
 from corral.jobspec.validate import check, validate
 from corral.proto import pb
-
-from corral import structs
 
 __all__ = [
     "KNOWN_DRIVERS",

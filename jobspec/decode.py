@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from corral import structs
 from corral.jobspec.duration import DurationError, parse_duration
 from corral.jobspec.errors import (
     Key,
@@ -29,8 +30,6 @@ from corral.jobspec.errors import (
 from corral.jobspec.hcl import Attr, Block, Expr
 from corral.jobspec.support import CONSTRAINT_SHORTHANDS, gated
 from corral.proto import pb
-
-from corral import structs
 
 
 class _Decoder:

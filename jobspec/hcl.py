@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hcl2
-from corral.jobspec.errors import JobspecError
 from hcl2.rules.base import AttributeRule, BlockRule, BodyRule
 from hcl2.utils import SerializationOptions, process_escape_sequences
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from corral.jobspec.errors import JobspecError
 
 _OPTIONS = SerializationOptions(
     with_comments=False,

@@ -18,13 +18,13 @@ import json
 import re
 from typing import Any
 
+from google.protobuf.message import Message
+
+from corral import structs
 from corral.api.jsonmap import JSONMappingError, from_json
 from corral.jobspec.errors import Diagnostic, JobspecError, Key, Problem, not_supported, where_text
 from corral.jobspec.support import JSON_BLOCK_NAMES, NOMAD_JSON_DEFAULTS, gated
 from corral.proto import pb
-from google.protobuf.message import Message
-
-from corral import structs
 
 
 def load_json(text: str, filename: str) -> dict[str, Any]:

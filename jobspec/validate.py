@@ -14,13 +14,12 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from corral import structs
 from corral.api.jsonmap import struct_to_python
 from corral.jobspec.duration import format_duration
 from corral.jobspec.errors import Key, Problem, item_label, not_supported, where_prefix
 from corral.jobspec.support import CONSTRAINT_OPERATORS, JOB_TYPES, KNOWN_DRIVERS, gated
 from corral.proto import pb
-
-from corral import structs
 
 _SECOND = structs.SECOND
 _RESTART_MIN_INTERVAL = 5 * _SECOND

@@ -73,7 +73,7 @@ def annotate(plan: pb.Plan, snap: StateSnapshot, job: pb.Job) -> dict[str, pb.Pl
             old = snap.alloc(stop.id)
             group = old.task_group if old is not None else ""
             out.setdefault(group, pb.PlanAnnotation()).stop += 1
-    live = {}
+    live: dict[str, int] = {}
     for alloc in snap.allocs_by_job(job.namespace, job.id):
         if alloc.desired_status == "run" and alloc.client_status not in (
             "complete",

@@ -339,7 +339,10 @@ class AllocEndpoint(_Base, rpc.AllocServiceServicer):
         forwarded = pb.AllocRestartRequest(alloc_id=alloc.id, task=request.task)
         try:
             with grpc.insecure_channel(node.rpc_addr) as channel:
-                return rpc.ClientServiceStub(channel).Restart(forwarded, timeout=60)
+                resp: pb.AllocRestartResponse = rpc.ClientServiceStub(channel).Restart(
+                    forwarded, timeout=60
+                )
+                return resp
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 context.abort(exc.code(), exc.details() or "refused by the client")

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from corral import jobspec, structs
 from corral.api.jsonmap import from_json, struct_to_python
 from corral.jobspec import support
 from corral.proto import pb
-
-from corral import jobspec, structs
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SECOND = structs.SECOND

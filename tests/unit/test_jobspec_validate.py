@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from corral.jobspec import support
-from corral.proto import pb
 
 from corral import jobspec, structs
+from corral.jobspec import support
+from corral.proto import pb
 
 SECOND = structs.SECOND
 
