@@ -2553,6 +2553,30 @@ class NoopCommand(_message.Message):
 Global___NoopCommand: _TypeAlias = NoopCommand  # noqa: Y015
 
 @_typing.final
+class BatchCommand(_message.Message):
+    """Group commit: concurrent proposals share one raft entry; each keeps its own
+    index and result, applied in order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMANDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def commands(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        commands: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCommand: _TypeAlias = BatchCommand  # noqa: Y015
+
+@_typing.final
 class ServerRegisterCommand(_message.Message):
     """A server announces its addresses (the leader on each election, followers once)."""
 
@@ -2630,6 +2654,7 @@ class Command(_message.Message):
     NOOP_FIELD_NUMBER: _builtins.int
     SERVER_REGISTER_FIELD_NUMBER: _builtins.int
     JOB_SCALE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     schema: _builtins.int
     """Schema version of the command encoding; bumped on incompatible changes."""
     now: _builtins.int
@@ -2666,6 +2691,8 @@ class Command(_message.Message):
     def server_register(self) -> Global___ServerRegisterCommand: ...
     @_builtins.property
     def job_scale(self) -> Global___JobScaleCommand: ...
+    @_builtins.property
+    def batch(self) -> Global___BatchCommand: ...
     def __init__(
         self,
         *,
@@ -2687,12 +2714,13 @@ class Command(_message.Message):
         noop: Global___NoopCommand | None = ...,
         server_register: Global___ServerRegisterCommand | None = ...,
         job_scale: Global___JobScaleCommand | None = ...,
+        batch: Global___BatchCommand | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["alloc_client_update", b"alloc_client_update", "alloc_desired_transition", b"alloc_desired_transition", "apply_plan", b"apply_plan", "eval_delete", b"eval_delete", "eval_update", b"eval_update", "job_deregister", b"job_deregister", "job_register", b"job_register", "job_scale", b"job_scale", "kind", b"kind", "node_drain", b"node_drain", "node_eligibility", b"node_eligibility", "node_register", b"node_register", "node_status", b"node_status", "noop", b"noop", "server_register", b"server_register", "service_delete", b"service_delete", "service_upsert", b"service_upsert"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alloc_client_update", b"alloc_client_update", "alloc_desired_transition", b"alloc_desired_transition", "apply_plan", b"apply_plan", "batch", b"batch", "eval_delete", b"eval_delete", "eval_update", b"eval_update", "job_deregister", b"job_deregister", "job_register", b"job_register", "job_scale", b"job_scale", "kind", b"kind", "node_drain", b"node_drain", "node_eligibility", b"node_eligibility", "node_register", b"node_register", "node_status", b"node_status", "noop", b"noop", "server_register", b"server_register", "service_delete", b"service_delete", "service_upsert", b"service_upsert"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_client_update", b"alloc_client_update", "alloc_desired_transition", b"alloc_desired_transition", "apply_plan", b"apply_plan", "eval_delete", b"eval_delete", "eval_update", b"eval_update", "job_deregister", b"job_deregister", "job_register", b"job_register", "job_scale", b"job_scale", "kind", b"kind", "node_drain", b"node_drain", "node_eligibility", b"node_eligibility", "node_register", b"node_register", "node_status", b"node_status", "noop", b"noop", "now", b"now", "schema", b"schema", "server_register", b"server_register", "service_delete", b"service_delete", "service_upsert", b"service_upsert"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_client_update", b"alloc_client_update", "alloc_desired_transition", b"alloc_desired_transition", "apply_plan", b"apply_plan", "batch", b"batch", "eval_delete", b"eval_delete", "eval_update", b"eval_update", "job_deregister", b"job_deregister", "job_register", b"job_register", "job_scale", b"job_scale", "kind", b"kind", "node_drain", b"node_drain", "node_eligibility", b"node_eligibility", "node_register", b"node_register", "node_status", b"node_status", "noop", b"noop", "now", b"now", "schema", b"schema", "server_register", b"server_register", "service_delete", b"service_delete", "service_upsert", b"service_upsert"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["job_register", "job_deregister", "node_register", "node_status", "node_eligibility", "node_drain", "alloc_client_update", "eval_update", "eval_delete", "apply_plan", "alloc_desired_transition", "service_upsert", "service_delete", "noop", "server_register", "job_scale"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["job_register", "job_deregister", "node_register", "node_status", "node_eligibility", "node_drain", "alloc_client_update", "eval_update", "eval_delete", "apply_plan", "alloc_desired_transition", "service_upsert", "service_delete", "noop", "server_register", "job_scale", "batch"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

@@ -57,8 +57,14 @@ class FSM:
         }
 
     # ------------------------------------------------------------ entry points
-    def apply(self, data: bytes) -> ApplyResult:
+    def apply(self, data: bytes) -> ApplyResult | list[ApplyResult]:
+        """Apply one raft entry: a command, or a batch of them (one result each)."""
         cmd = pb.Command.FromString(data)
+        if cmd.WhichOneof("kind") == "batch":
+            return [self._apply_one(pb.Command.FromString(c)) for c in cmd.batch.commands]
+        return self._apply_one(cmd)
+
+    def _apply_one(self, cmd: pb.Command) -> ApplyResult:
         if cmd.schema > COMMAND_SCHEMA:
             # A newer server wrote this; refusing loudly beats misapplying it.
             raise RuntimeError(f"command schema {cmd.schema} is newer than {COMMAND_SCHEMA}")

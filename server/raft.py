@@ -44,7 +44,7 @@ class Consensus(Protocol):
 
     def stop(self) -> None: ...
 
-    def propose(self, data: bytes, timeout: float = 10.0) -> ApplyResult: ...
+    def propose(self, data: bytes, timeout: float = 10.0) -> ApplyResult | list[ApplyResult]: ...
 
     def is_leader(self) -> bool: ...
 
@@ -88,7 +88,7 @@ class LocalConsensus:
             for cb in self._callbacks:
                 cb(False)
 
-    def propose(self, data: bytes, timeout: float = 10.0) -> ApplyResult:
+    def propose(self, data: bytes, timeout: float = 10.0) -> ApplyResult | list[ApplyResult]:
         with self._lock:
             return self._fsm.apply(data)
 
@@ -143,7 +143,7 @@ class PySyncObjConsensus:
             """Hands log entries to the FSM; snapshots are the FSM's own bytes."""
 
             @replicated  # type: ignore[untyped-decorator]
-            def apply_entry(self, data: bytes) -> ApplyResult:
+            def apply_entry(self, data: bytes) -> ApplyResult | list[ApplyResult]:
                 return fsm_ref.apply(data)
 
             def _serialize(self) -> bytes:
@@ -202,7 +202,7 @@ class PySyncObjConsensus:
             except Exception:
                 log.exception("leadership callback failed")
 
-    def propose(self, data: bytes, timeout: float = 10.0) -> ApplyResult:
+    def propose(self, data: bytes, timeout: float = 10.0) -> ApplyResult | list[ApplyResult]:
         from pysyncobj import SyncObjException
 
         if self._obj is None:
@@ -210,7 +210,9 @@ class PySyncObjConsensus:
         if not self.is_leader():
             raise NotLeaderError(self.leader())
         try:
-            result: ApplyResult = self._consumer.apply_entry(data, sync=True, timeout=timeout)
+            result: ApplyResult | list[ApplyResult] = self._consumer.apply_entry(
+                data, sync=True, timeout=timeout
+            )
         except SyncObjException as exc:
             # QUEUE_FULL(1), MISSING_LEADER(2), NOT_LEADER(4): never appended, so
             # safe to retry elsewhere. Anything else (timeout, leader changed while
