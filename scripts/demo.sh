@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# corral in one minute: start a dev agent (server + client in one process), run
-# the "hello" job, show its status, ask each allocation's HTTP endpoint, stop the
-# job and the agent.
+# corral in one minute: start a 3-server cluster and a client on this machine
+# (CORRAL_DEMO_SERVERS=1: one dev agent instead), run the "hello" job, show its
+# status, ask each allocation's HTTP endpoint, stop the job and the cluster.
 #
 # With a Docker engine it runs examples/hello.hcl (docker driver, the local
 # corral-busybox image, built here when missing); without one it says so and runs
@@ -31,14 +31,19 @@ die() {
 mkdir -p "$LOG_DIR"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/corral-demo.XXXXXX")"
 AGENT_LOG="$WORK/agent.log"
-AGENT_PID=""
+AGENT_PID=""  # the client (or the dev agent)
+SERVER_PIDS=()
+SERVERS="${CORRAL_DEMO_SERVERS:-3}"
 JOB_RUNNING=0
 
 agent_alive() { [[ -n "$AGENT_PID" ]] && kill -0 "$AGENT_PID" 2>/dev/null; }
 
 show_agent_log() {
-	echo "----- last 30 lines of the agent log ($AGENT_LOG) -----" >&2
-	tail -n 30 "$AGENT_LOG" >&2 || true
+	local f
+	for f in "$WORK"/*.log; do
+		echo "----- last 30 lines of $f -----" >&2
+		tail -n 30 "$f" >&2 || true
+	done
 }
 
 # Poll "$@" until it succeeds, for at most $1 seconds; fail early if the agent died.
@@ -145,7 +150,9 @@ def fetch():
 
 
 def ports():
-    """Nomad's default ports when all three are free, else any free ones."""
+    """Nomad's default ports (4646-4648, then +1000 per server) when free, else
+    any free ones: three per server."""
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 
     def free(port):
         with socket.socket() as s:
@@ -155,10 +162,10 @@ def ports():
                 return False
             return True
 
-    chosen = [4646, 4647, 4648]
+    chosen = [base + 1000 * i for i in range(n) for base in (4646, 4647, 4648)]
     if not all(free(p) for p in chosen):
         chosen = []
-        while len(chosen) < 3:
+        while len(chosen) < 3 * n:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
@@ -193,17 +200,20 @@ cleanup() {
 		local deadline=$((SECONDS + 30))
 		until allocs_stopped || ((SECONDS >= deadline)); do sleep 0.5; done
 	fi
-	if agent_alive; then
-		kill -TERM "$AGENT_PID" 2>/dev/null || true
-		local deadline=$((SECONDS + 20))
-		while agent_alive && ((SECONDS < deadline)); do sleep 0.2; done
-		if agent_alive; then
-			say "the agent ignored SIGTERM for 20s; killing it"
-			kill -KILL "$AGENT_PID" 2>/dev/null || true
+	local pid deadline
+	for pid in $AGENT_PID "${SERVER_PIDS[@]}"; do
+		kill -TERM "$pid" 2>/dev/null || true
+	done
+	for pid in $AGENT_PID "${SERVER_PIDS[@]}"; do
+		deadline=$((SECONDS + 20))
+		while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+		if kill -0 "$pid" 2>/dev/null; then
+			say "agent $pid ignored SIGTERM for 20s; killing it"
+			kill -KILL "$pid" 2>/dev/null || true
 		fi
-		say "agent stopped"
-	fi
-	cp "$AGENT_LOG" "$LOG_DIR/demo-agent.log" 2>/dev/null || true
+	done
+	[[ -z "$AGENT_PID" ]] || say "agents stopped"
+	cp "$WORK"/*.log "$LOG_DIR/" 2>/dev/null || true
 	rm -rf "$WORK"
 	exit "$rc"
 }
@@ -211,9 +221,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Ports: Nomad's defaults when all three are free, else any free ones.
-read -r HTTP_PORT RPC_PORT RAFT_PORT < <("$PY" "$HELPER" ports </dev/null)
-export CORRAL_ADDR="127.0.0.1:$RPC_PORT"
+# Ports: Nomad's defaults when free, else any free ones (three per server).
+if ((SERVERS > 1)); then
+	read -r -a PORTS < <("$PY" "$HELPER" ports "$SERVERS" </dev/null)
+else
+	read -r -a PORTS < <("$PY" "$HELPER" ports 1 </dev/null)
+fi
+export CORRAL_ADDR="127.0.0.1:${PORTS[1]}"
 
 # Which job: docker when an engine answers, raw_exec otherwise.
 # (CORRAL_DEMO_JOB=<file> runs another job file.)
@@ -228,14 +242,39 @@ fi
 JOB="$(sed -n 's/^job "\([^"]*\)".*/\1/p' "$JOBFILE" | head -n 1)"
 [[ -n "$JOB" ]] || die "no job \"...\" block found in $JOBFILE"
 
-say "starting a dev agent: corral agent --dev (gRPC $CORRAL_ADDR, HTTP 127.0.0.1:$HTTP_PORT, log $AGENT_LOG)"
-# Own session: a Ctrl-C reaches this script, whose trap stops the job and then the agent.
-setsid "$CORRAL" agent --dev --data-dir "$WORK/data" --bind 127.0.0.1 \
-	--http-port "$HTTP_PORT" --rpc-port "$RPC_PORT" --raft-port "$RAFT_PORT" \
-	>"$AGENT_LOG" 2>&1 </dev/null &
-AGENT_PID=$!
+# Own sessions: a Ctrl-C reaches this script, whose trap stops the job and then the agents.
+if ((SERVERS > 1)); then
+	KEY="$("$PY" -c 'import base64, secrets; print(base64.b64encode(secrets.token_bytes(32)).decode())')"
+	RAFT=() RPC=()
+	for ((i = 0; i < SERVERS; i++)); do
+		RAFT+=("127.0.0.1:${PORTS[$((3 * i + 2))]}")
+		RPC+=("127.0.0.1:${PORTS[$((3 * i + 1))]}")
+	done
+	PEERS="$(IFS=,; echo "${RAFT[*]}")"
+	say "starting a $SERVERS-server cluster (raft peers $PEERS) and one client"
+	for ((i = 0; i < SERVERS; i++)); do
+		setsid "$CORRAL" agent --server --data-dir "$WORK/server$i" --bind 127.0.0.1 \
+			--http-port "${PORTS[$((3 * i))]}" --rpc-port "${PORTS[$((3 * i + 1))]}" \
+			--raft-port "${PORTS[$((3 * i + 2))]}" --servers "$PEERS" --encrypt "$KEY" \
+			>"$WORK/server$i.log" 2>&1 </dev/null &
+		SERVER_PIDS+=($!)
+	done
+	setsid "$CORRAL" agent --client --data-dir "$WORK/client" --bind 127.0.0.1 \
+		--servers "$(IFS=,; echo "${RPC[*]}")" >"$WORK/client.log" 2>&1 </dev/null &
+	AGENT_PID=$!
+else
+	say "starting a dev agent: corral agent --dev (gRPC $CORRAL_ADDR, HTTP 127.0.0.1:${PORTS[0]}, log $AGENT_LOG)"
+	setsid "$CORRAL" agent --dev --data-dir "$WORK/data" --bind 127.0.0.1 \
+		--http-port "${PORTS[0]}" --rpc-port "${PORTS[1]}" --raft-port "${PORTS[2]}" \
+		>"$AGENT_LOG" 2>&1 </dev/null &
+	AGENT_PID=$!
+fi
 
 poll 60 "a ready node" node_ready
+if ((SERVERS > 1)); then
+	say "\$ corral server members"
+	"$CORRAL" server members 2>/dev/null || "$CORRAL" operator raft list-peers 2>/dev/null || true
+fi
 say "node ready:"
 "$CORRAL" node status
 
@@ -254,4 +293,4 @@ say "\$ corral job stop $JOB"
 "$CORRAL" job stop "$JOB"
 poll 60 "the allocations of $JOB to stop" allocs_stopped
 JOB_RUNNING=0
-say "done: the job ran, answered and stopped; stopping the agent"
+say "done: the job ran, answered and stopped; stopping the agents"

@@ -249,13 +249,14 @@ class Server:
             m.voter = addr in peers
             if addr == self.raft.self_address():
                 m.raft_state = "leader" if self.is_leader() else "follower"
-                m.last_index = self.state.index
+                applied = status.get("last_applied")
+                m.last_index = applied if isinstance(applied, int) else self.state.index
                 m.healthy = True
             else:
                 connected = status.get(f"partner_node_status_server_{addr}")
                 m.healthy = connected == 2 or (connected is None and m.leader)
                 m.raft_state = "leader" if m.leader else "follower"
-                match = status.get(f"partner_node_match_idx_server_{addr}")
+                match = status.get(f"match_idx_server_{addr}")
                 m.last_index = int(match) if isinstance(match, int) else 0
             out.append(m)
         return out
