@@ -217,3 +217,46 @@ def test_multi_server_without_key_refuses_to_start(tmp_path: Path) -> None:
     assert proc.proc is not None
     assert proc.proc.wait(timeout=30) != 0
     assert "cluster key" in proc.log_text()
+
+
+def test_servers_join_and_leave_a_running_cluster(tmp_path: Path) -> None:
+    from tests.support.cluster import ServerProcess
+    from tests.support.env import free_port
+
+    with make_cluster(3, tmp_path) as cluster:
+        with Writer(cluster) as writer:
+            writer.wait_oks(10)
+            port = free_port()
+            newcomer_addr = f"127.0.0.1:{port}"
+            peers = [s.raft_addr for s in cluster.servers] + [newcomer_addr]
+            newcomer = ServerProcess(3, tmp_path, peers, port)
+            leader = cluster.wait_leader()
+            with grpc.insecure_channel(leader.rpc_addr) as ch:
+                rpc.OperatorServiceStub(ch).RaftAddPeer(
+                    pb.RaftPeerRequest(address=newcomer_addr), timeout=30
+                )
+            cluster.servers.append(newcomer)
+            newcomer.start()
+            writer.wait_oks(10)
+            # It catches up and holds the same state.
+            cluster.wait_converged(timeout=60)
+            listed = rpc.OperatorServiceStub(leader.channel()).RaftListPeers(
+                pb.StatusRequest(), timeout=10
+            )
+            assert newcomer_addr in {s.address for s in listed.servers}
+
+            # Remove a follower (not the leader) and stop it: writes continue.
+            leader = cluster.wait_leader()
+            leaving = next(s for s in cluster.servers if s is not leader and s is not newcomer)
+            rpc.OperatorServiceStub(leader.channel()).RaftRemovePeer(
+                pb.RaftPeerRequest(address=leaving.raft_addr), timeout=30
+            )
+            leaving.stop()
+            cluster.servers.remove(leaving)
+            writer.wait_oks(10)
+            listed = rpc.OperatorServiceStub(cluster.wait_leader().channel()).RaftListPeers(
+                pb.StatusRequest(), timeout=10
+            )
+            assert leaving.raft_addr not in {s.address for s in listed.servers}
+            assert len(listed.servers) == 3
+        assert_nothing_lost(cluster, writer)
