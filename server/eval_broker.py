@@ -47,12 +47,17 @@ class EvalBroker:
         self._tokens = itertools.count(1)
         self._enabled = False
         self._nack_timeout = nack_timeout
+        # Evaluations that must wait until a wall-clock time (rescheduling delays).
+        self._delayed: list[tuple[int, int, str]] = []  # (wait_until ns, seq, id)
+        self._delayed_evals: dict[str, pb.Evaluation] = {}
 
     # ------------------------------------------------------------ lifecycle
     def set_enabled(self, enabled: bool) -> None:
         with self._lock:
             self._enabled = enabled
             if not enabled:
+                self._delayed.clear()
+                self._delayed_evals.clear()
                 self._ready.clear()
                 self._evals.clear()
                 self._waiting.clear()
@@ -70,6 +75,12 @@ class EvalBroker:
     def enqueue(self, ev: pb.Evaluation) -> None:
         with self._lock:
             if not self._enabled or ev.id in self._evals or ev.id in self._unack:
+                return
+            if ev.wait_until and ev.wait_until > time.time_ns():
+                if ev.id not in self._delayed_evals:
+                    self._delayed_evals[ev.id] = ev
+                    heapq.heappush(self._delayed, (ev.wait_until, next(self._seq), ev.id))
+                    self._lock.notify_all()
                 return
             key = (ev.namespace, ev.job_id)
             self._evals[ev.id] = ev
@@ -107,6 +118,7 @@ class EvalBroker:
         with self._lock:
             while True:
                 self._expire_unacked()
+                self._release_delayed()
                 while self._ready:
                     _, _, eval_id = heapq.heappop(self._ready)
                     ev = self._evals.pop(eval_id, None)
@@ -121,7 +133,11 @@ class EvalBroker:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._enabled:
                     return None
-                self._lock.wait(min(remaining, 1.0))
+                wait = min(remaining, 1.0)
+                if self._delayed:
+                    due = (self._delayed[0][0] - time.time_ns()) / 1e9
+                    wait = max(min(wait, due), 0.001)
+                self._lock.wait(wait)
 
     def ack(self, eval_id: str, token: str) -> None:
         with self._lock:
@@ -163,6 +179,20 @@ class EvalBroker:
             if nxt is not None:
                 self._push(nxt)
 
+    def _release_delayed(self) -> None:
+        now = time.time_ns()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, eval_id = heapq.heappop(self._delayed)
+            ev = self._delayed_evals.pop(eval_id, None)
+            if ev is None:
+                continue
+            key = (ev.namespace, ev.job_id)
+            self._evals[ev.id] = ev
+            if key in self._job_out:
+                self._waiting.setdefault(key, []).append(ev.id)
+            else:
+                self._push(ev)
+
     def _expire_unacked(self) -> None:
         now = time.monotonic()
         for eval_id, out in list(self._unack.items()):
@@ -178,4 +208,5 @@ class EvalBroker:
                 "unacked": len(self._unack),
                 "waiting": sum(len(v) for v in self._waiting.values()),
                 "blocked": len(self._blocked),
+                "delayed": len(self._delayed_evals),
             }

@@ -322,6 +322,7 @@ class Server:
         )
         self._unblock_thread.start()
         self._unblock.set()
+        threading.Thread(target=self._drain_loop, name="drainer", daemon=True).start()
 
     def _revoke_leadership(self) -> None:
         log.info("leadership lost; stopping leader loops")
@@ -416,6 +417,76 @@ class Server:
                     self.update_evals(updates)
                 except Exception:
                     log.exception("unblocking evaluations failed")
+
+    def _drain_loop(self) -> None:
+        """Leader loop: moves draining nodes along (Nomad's drainer).
+
+        The scheduler migrates allocations off a draining node, ``migrate.max_parallel``
+        at a time; this loop re-evaluates the affected jobs as replacements start, forces
+        what is left at the deadline, and ends the drain when the node is empty (the node
+        stays ineligible, as in Nomad).
+        """
+        last_index = -1
+        while self._leading and not self._stopping.is_set():
+            index = self.state.wait_for_index(last_index, 1.0, "allocs", "nodes")
+            if not self._leading:
+                return
+            if index == last_index and not any(n.drain for n in self.state.nodes()):
+                continue
+            last_index = index
+            try:
+                self._drain_step()
+            except Exception:
+                log.exception("drain step failed")
+
+    def _drain_step(self) -> None:
+        now = now_ns()
+        for node in self.state.nodes():
+            if not node.drain:
+                continue
+            strategy = node.drain_strategy
+            remaining = [
+                a
+                for a in self.state.allocs_by_node(node.id)
+                if not structs.is_client_terminal(a)
+                and not (
+                    strategy.ignore_system_jobs
+                    and (job := self.state.job(a.namespace, a.job_id)) is not None
+                    and job.type == structs.JOB_TYPE_SYSTEM
+                )
+            ]
+            if not remaining:
+                log.info("node %s drained", node.id)
+                self.propose(pb.Command(node_drain=pb.NodeDrainCommand(node_id=node.id)))
+                continue
+            overdue = strategy.deadline > 0 and now > strategy.started_at + strategy.deadline
+            forced = strategy.deadline < 0 or overdue
+            jobs = {(a.namespace, a.job_id) for a in remaining if a.desired_status == "run"}
+            busy = {
+                (e.namespace, e.job_id)
+                for e in self.state.evals()
+                if e.status in (structs.EVAL_STATUS_PENDING,) and (e.namespace, e.job_id) in jobs
+            }
+            evals = [
+                self._new_eval(self.state.job(ns, jid), ns, jid, structs.TRIGGER_NODE_DRAIN, node.id)
+                for ns, jid in sorted(jobs - busy)
+            ]
+            if forced:
+                transitions = {
+                    a.id: pb.DesiredTransition(migrate=True, force_reschedule=True)
+                    for a in remaining
+                    if not a.desired_transition.migrate
+                }
+                if transitions or evals:
+                    self.propose(
+                        pb.Command(
+                            alloc_desired_transition=pb.AllocDesiredTransitionCommand(
+                                transitions=transitions, evals=evals
+                            )
+                        )
+                    )
+            elif evals:
+                self.update_evals(evals)
 
     def _commit_plan(self, plan: pb.Plan, evals: list[pb.Evaluation]) -> int:
         result = self.propose(pb.Command(apply_plan=pb.ApplyPlanCommand(plan=plan, evals=evals)))
@@ -608,10 +679,7 @@ class Server:
             raise InvalidRequest(problems)
         node = _copy(node)
         node.status = structs.NODE_STATUS_READY
-        old = self.state.node(node.id)
-        evals = []
-        if old is not None and old.status == structs.NODE_STATUS_DOWN:
-            evals = self._evals_for_node(node.id, structs.TRIGGER_NODE_UPDATE)
+        evals = self._evals_for_node(node.id, structs.TRIGGER_NODE_UPDATE)
         result = self.propose(
             pb.Command(node_register=pb.NodeRegisterCommand(node=node, evals=evals))
         )
@@ -662,13 +730,20 @@ class Server:
             )
         )
 
-    def _evals_for_node(self, node_id: str, trigger: str) -> list[pb.Evaluation]:
-        """One evaluation per job with live allocations on the node."""
+    def _evals_for_node(
+        self, node_id: str, trigger: str, system_jobs: bool = True
+    ) -> list[pb.Evaluation]:
+        """One evaluation per job with live allocations on the node, plus every
+        system job (a node that appears, returns or changes may need one)."""
         jobs: dict[tuple[str, str], pb.Job | None] = {}
         for alloc in self.state.allocs_by_node(node_id):
             if not structs.is_alloc_terminal(alloc):
                 key = (alloc.namespace, alloc.job_id)
                 jobs[key] = self.state.job(*key)
+        if system_jobs:
+            for job in self.state.jobs():
+                if job.type == structs.JOB_TYPE_SYSTEM and not job.stop:
+                    jobs[(job.namespace, job.id)] = job
         return [self._new_eval(job, ns, jid, trigger, node_id) for (ns, jid), job in jobs.items()]
 
     def set_drain(
@@ -690,15 +765,17 @@ class Server:
 
     def set_eligibility(self, node_id: str, eligible: bool) -> pb.WriteResponse:
         node = self.resolve_node(node_id)
+        evals = self._evals_for_node(node.id, structs.TRIGGER_NODE_UPDATE) if eligible else []
         result = self.propose(
             pb.Command(
                 node_eligibility=pb.NodeEligibilityCommand(
                     node_id=node.id,
                     eligibility=structs.NODE_ELIGIBLE if eligible else structs.NODE_INELIGIBLE,
+                    evals=evals,
                 )
             )
         )
-        return pb.WriteResponse(index=result.index)
+        return pb.WriteResponse(index=result.index, eval_ids=[e.id for e in evals])
 
     # ------------------------------------------------------------ allocations
     def update_allocs_from_client(self, allocs: list[pb.Allocation]) -> int:

@@ -165,3 +165,20 @@ def test_invalid_job_is_refused_and_changes_nothing() -> None:
         assert server.state.index == index and server.state.jobs() == []
     finally:
         server.stop()
+
+
+def test_broker_holds_delayed_evaluations_until_due() -> None:
+    b = EvalBroker()
+    b.set_enabled(True)
+    later = ev_for("a")
+    later.wait_until = time.time_ns() + 300_000_000
+    now = ev_for("b")
+    b.enqueue(later)
+    b.enqueue(now)
+    first = b.dequeue(0.1)
+    assert first is not None and first[0].id == now.id
+    assert b.dequeue(0.05) is None  # not due yet
+    assert b.stats()["delayed"] == 1
+    due = b.dequeue(2.0)
+    assert due is not None and due[0].id == later.id
+    assert time.time_ns() >= later.wait_until
