@@ -85,7 +85,10 @@ def bench_failover(cluster: Cluster, kills: int) -> dict[str, object]:
 def bench_latency(cluster: Cluster, writes: int) -> dict[str, object]:
     leader = cluster.wait_leader()
     results = {}
-    for label, server in (("leader", leader), ("follower (forwarded)", next(s for s in cluster.servers if s is not leader))):
+    for label, server in (
+        ("leader", leader),
+        ("follower (forwarded)", next(s for s in cluster.servers if s is not leader)),
+    ):
         with grpc.insecure_channel(server.rpc_addr) as ch:
             stub = rpc.JobServiceStub(ch)
             for i in range(20):  # warm up the channel
@@ -160,7 +163,9 @@ def bench_memory(cluster: Cluster, jobs: int) -> dict[str, object]:
         "jobs": jobs,
         "rss_mb_before": {k: round(v, 1) for k, v in before.items()},
         "rss_mb_after": {k: round(v, 1) for k, v in after.items()},
-        "kb_per_job": round(statistics.median((after[k] - before[k]) * 1024 / jobs for k in after), 2),
+        "kb_per_job": round(
+            statistics.median((after[k] - before[k]) * 1024 / jobs for k in after), 2
+        ),
     }
     log(f"memory: {out}")
     return out

@@ -20,6 +20,7 @@ from corral.agentconfig import AgentConfig
 
 if TYPE_CHECKING:
     from corral.client.agent import ClientAgent
+    from corral.client.simulate import SimulatedFleet
     from corral.server.http_api import HTTPAPI
     from corral.server.server import Server
 
@@ -39,6 +40,7 @@ class Agent:
         self.grpc_server: grpc.Server | None = None
         self.http: HTTPAPI | None = None
         self.client: ClientAgent | None = None
+        self.fleet: SimulatedFleet | None = None
 
     @property
     def rpc_addr(self) -> str:
@@ -93,7 +95,23 @@ class Agent:
                 cfg.http_port,
                 raft_addr,
             )
-        if cfg.client:
+        if cfg.client and cfg.simulate:
+            from corral.client.simulate import SimulatedFleet
+
+            servers = list(cfg.servers) if (cfg.servers and not cfg.server) else [self.rpc_addr]
+            self.fleet = SimulatedFleet(
+                servers,
+                cfg.simulate,
+                datacenter=cfg.datacenter,
+                node_class=cfg.node_class,
+                cpu=cfg.cpu_total or 4000,
+                memory=cfg.memory_total or 8192,
+                name_prefix=cfg.node_name or "sim",
+                meta=dict(cfg.meta),
+            )
+            self.fleet.start()
+            log.info("client started: %d simulated nodes", cfg.simulate)
+        elif cfg.client:
             from corral.client.agent import ClientAgent, ClientConfig
 
             servers = list(cfg.servers) if (cfg.servers and not cfg.server) else [self.rpc_addr]
@@ -116,6 +134,8 @@ class Agent:
             log.info("client started: node %s (%s)", client.node.name, client.node.id)
 
     def stop(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
         if self.client is not None:
             self.client.stop()
         if self.http is not None:

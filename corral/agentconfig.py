@@ -30,6 +30,8 @@ class AgentConfig:
     meta: dict[str, str] = field(default_factory=dict)
     cpu_total: int = 0
     memory_total: int = 0
+    # Client: host this many simulated nodes (mock driver) instead of one real node.
+    simulate: int = 0
     # Client: port on which the client agent serves ClientService (logs); 0 = any.
     client_rpc_port: int = 0
     # Heartbeat tuning (seconds); tests shorten them.

@@ -3659,6 +3659,26 @@ class NodeHeartbeatRequest(_message.Message):
 Global___NodeHeartbeatRequest: _TypeAlias = NodeHeartbeatRequest  # noqa: Y015
 
 @_typing.final
+class NodeHeartbeatManyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEARTBEATS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def heartbeats(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeHeartbeatRequest]: ...
+    def __init__(
+        self,
+        *,
+        heartbeats: _abc.Iterable[Global___NodeHeartbeatRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeats", b"heartbeats"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeHeartbeatManyRequest: _TypeAlias = NodeHeartbeatManyRequest  # noqa: Y015
+
+@_typing.final
 class NodeWatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -3708,6 +3728,56 @@ class NodeAllocations(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeAllocations: _TypeAlias = NodeAllocations  # noqa: Y015
+
+@_typing.final
+class FleetWatchRequest(_message.Message):
+    """One stream for many (simulated) nodes: allocations of these nodes changed since
+    min_index (without their job attached).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_IDS_FIELD_NUMBER: _builtins.int
+    MIN_INDEX_FIELD_NUMBER: _builtins.int
+    min_index: _builtins.int
+    @_builtins.property
+    def node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        node_ids: _abc.Iterable[_builtins.str] | None = ...,
+        min_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_index", b"min_index", "node_ids", b"node_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FleetWatchRequest: _TypeAlias = FleetWatchRequest  # noqa: Y015
+
+@_typing.final
+class FleetAllocations(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOCS_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    @_builtins.property
+    def allocs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Allocation]: ...
+    def __init__(
+        self,
+        *,
+        allocs: _abc.Iterable[Global___Allocation] | None = ...,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocs", b"allocs", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FleetAllocations: _TypeAlias = FleetAllocations  # noqa: Y015
 
 @_typing.final
 class NodeUpdateAllocsRequest(_message.Message):

@@ -943,6 +943,16 @@ class NodeServiceStub:
                 request_serializer=corral_dot_proto_dot_corral__pb2.NodeServicesRequest.SerializeToString,
                 response_deserializer=corral_dot_proto_dot_corral__pb2.WriteResponse.FromString,
                 _registered_method=True)
+        self.WatchFleet = channel.unary_stream(
+                '/corral.v1.NodeService/WatchFleet',
+                request_serializer=corral_dot_proto_dot_corral__pb2.FleetWatchRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.FleetAllocations.FromString,
+                _registered_method=True)
+        self.HeartbeatMany = channel.unary_unary(
+                '/corral.v1.NodeService/HeartbeatMany',
+                request_serializer=corral_dot_proto_dot_corral__pb2.NodeHeartbeatManyRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.NodeHeartbeatResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -1002,6 +1012,19 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchFleet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HeartbeatMany(self, request, context):
+        """Many nodes' heartbeats in one call (simulated fleets).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1049,6 +1072,16 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.UpdateServices,
                     request_deserializer=corral_dot_proto_dot_corral__pb2.NodeServicesRequest.FromString,
                     response_serializer=corral_dot_proto_dot_corral__pb2.WriteResponse.SerializeToString,
+            ),
+            'WatchFleet': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchFleet,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.FleetWatchRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.FleetAllocations.SerializeToString,
+            ),
+            'HeartbeatMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.HeartbeatMany,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.NodeHeartbeatManyRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.NodeHeartbeatResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1294,6 +1327,60 @@ class NodeService:
             '/corral.v1.NodeService/UpdateServices',
             corral_dot_proto_dot_corral__pb2.NodeServicesRequest.SerializeToString,
             corral_dot_proto_dot_corral__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchFleet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.NodeService/WatchFleet',
+            corral_dot_proto_dot_corral__pb2.FleetWatchRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.FleetAllocations.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HeartbeatMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.NodeService/HeartbeatMany',
+            corral_dot_proto_dot_corral__pb2.NodeHeartbeatManyRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.NodeHeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,

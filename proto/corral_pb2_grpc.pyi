@@ -254,6 +254,9 @@ class NodeServiceStub:
     SetEligibility: _grpc.UnaryUnaryMultiCallable[_corral_pb2.NodeEligibilityRequest, _corral_pb2.WriteResponse]
     SetDrain: _grpc.UnaryUnaryMultiCallable[_corral_pb2.NodeDrainRequest, _corral_pb2.WriteResponse]
     UpdateServices: _grpc.UnaryUnaryMultiCallable[_corral_pb2.NodeServicesRequest, _corral_pb2.WriteResponse]
+    WatchFleet: _grpc.UnaryStreamMultiCallable[_corral_pb2.FleetWatchRequest, _corral_pb2.FleetAllocations]
+    HeartbeatMany: _grpc.UnaryUnaryMultiCallable[_corral_pb2.NodeHeartbeatManyRequest, _corral_pb2.NodeHeartbeatResponse]
+    """Many nodes' heartbeats in one call (simulated fleets)."""
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -267,6 +270,9 @@ class NodeServiceAsyncStub(NodeServiceStub):
     SetEligibility: _aio.UnaryUnaryMultiCallable[_corral_pb2.NodeEligibilityRequest, _corral_pb2.WriteResponse]  # type: ignore[assignment]
     SetDrain: _aio.UnaryUnaryMultiCallable[_corral_pb2.NodeDrainRequest, _corral_pb2.WriteResponse]  # type: ignore[assignment]
     UpdateServices: _aio.UnaryUnaryMultiCallable[_corral_pb2.NodeServicesRequest, _corral_pb2.WriteResponse]  # type: ignore[assignment]
+    WatchFleet: _aio.UnaryStreamMultiCallable[_corral_pb2.FleetWatchRequest, _corral_pb2.FleetAllocations]  # type: ignore[assignment]
+    HeartbeatMany: _aio.UnaryUnaryMultiCallable[_corral_pb2.NodeHeartbeatManyRequest, _corral_pb2.NodeHeartbeatResponse]  # type: ignore[assignment]
+    """Many nodes' heartbeats in one call (simulated fleets)."""
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -331,6 +337,21 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _corral_pb2.NodeServicesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_corral_pb2.WriteResponse, _abc.Awaitable[_corral_pb2.WriteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WatchFleet(
+        self,
+        request: _corral_pb2.FleetWatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_corral_pb2.FleetAllocations], _abc.AsyncIterator[_corral_pb2.FleetAllocations]]: ...
+
+    @_abc_1.abstractmethod
+    def HeartbeatMany(
+        self,
+        request: _corral_pb2.NodeHeartbeatManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.NodeHeartbeatResponse, _abc.Awaitable[_corral_pb2.NodeHeartbeatResponse]]:
+        """Many nodes' heartbeats in one call (simulated fleets)."""
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

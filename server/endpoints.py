@@ -446,6 +446,41 @@ class NodeEndpoint(_Base, rpc.NodeServiceServicer):
             request.mark_eligible,
         )
 
+    @_stream("read")
+    def WatchFleet(
+        self, request: pb.FleetWatchRequest, context: Any
+    ) -> Iterator[pb.FleetAllocations]:
+        """Allocation changes of many nodes in one stream (simulated fleets): the
+        change log of the state store, so no watcher scans every allocation."""
+        wanted = set(request.node_ids)
+        state = self.server.state
+        last = request.min_index
+        while context.is_active():
+            index = state.table_index("allocs")
+            if index > last:
+                changed = state.allocs_changed_since(last)
+                if changed is None:  # fell behind the log: rescan these nodes
+                    allocs = [a for n in wanted for a in state.allocs_by_node(n)]
+                else:
+                    allocs = [
+                        a
+                        for a in (state.alloc(i) for i in changed)
+                        if a is not None and a.node_id in wanted
+                    ]
+                last = index
+                if allocs:
+                    yield pb.FleetAllocations(allocs=allocs, index=index)
+            state.wait_for_index(last, 5.0, "allocs")
+
+    @_rpc("write")
+    def HeartbeatMany(
+        self, request: pb.NodeHeartbeatManyRequest, context: Any
+    ) -> pb.NodeHeartbeatResponse:
+        resp = pb.NodeHeartbeatResponse()
+        for hb in request.heartbeats:
+            resp = self.server.heartbeat(hb.node_id, hb.secret_id)
+        return resp
+
     @_rpc("write")
     def UpdateServices(self, request: pb.NodeServicesRequest, context: Any) -> pb.WriteResponse:
         return pb.WriteResponse(index=self.server.update_services(request))

@@ -80,7 +80,9 @@ class GroupCommit:
         import queue
 
         self._raft = raft
-        self._queue: queue.SimpleQueue[tuple[bytes, Future[ApplyResult]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[bytes, Future[ApplyResult]] | None] = (
+            queue.SimpleQueue()
+        )
         self._threads = [
             threading.Thread(target=self._run, name=f"group-commit-{i}", daemon=True)
             for i in range(self.PIPELINE)
@@ -114,9 +116,11 @@ class GroupCommit:
                     self._queue.put(None)
                     break
                 batch.append(nxt)
+            results: list[ApplyResult]
             try:
                 if len(batch) == 1:
-                    results = [self._raft.propose(batch[0][0])]
+                    single = self._raft.propose(batch[0][0])
+                    results = single if isinstance(single, list) else [single]
                 else:
                     entry = pb.Command(
                         schema=COMMAND_SCHEMA,
@@ -468,7 +472,9 @@ class Server:
                 if e.status in (structs.EVAL_STATUS_PENDING,) and (e.namespace, e.job_id) in jobs
             }
             evals = [
-                self._new_eval(self.state.job(ns, jid), ns, jid, structs.TRIGGER_NODE_DRAIN, node.id)
+                self._new_eval(
+                    self.state.job(ns, jid), ns, jid, structs.TRIGGER_NODE_DRAIN, node.id
+                )
                 for ns, jid in sorted(jobs - busy)
             ]
             if forced:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -173,10 +174,36 @@ class StateStore(StateReader):
     """The live store. Only the FSM calls the ``put_*``/``delete_*`` methods, always
     inside ``write()``, so a command's changes appear to readers at once."""
 
+    CHANGE_LOG = 50_000
+
     def __init__(self) -> None:
         self._t = Tables()
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        # (index, changed allocation IDs) per write, newest last: lets watchers of
+        # many nodes find what changed without scanning every allocation. Local and
+        # derived (not in snapshots); a watcher that falls behind rescans.
+        self.alloc_changes: deque[tuple[int, frozenset[str]]] = deque()
+        self._change_floor = 0  # changes at or below this index are forgotten
+
+    def _log_alloc_change(self, index: int, ids: frozenset[str]) -> None:
+        if len(self.alloc_changes) >= self.CHANGE_LOG:
+            self._change_floor = self.alloc_changes.popleft()[0]
+        self.alloc_changes.append((index, ids))
+
+    def allocs_changed_since(self, index: int) -> set[str] | None:
+        """IDs of allocations written after ``index``, or None when the log no
+        longer reaches back that far (the caller must rescan)."""
+        with self._lock:
+            log = self.alloc_changes
+            if index < self._change_floor:
+                return None
+            out: set[str] = set()
+            for idx, ids in reversed(log):
+                if idx <= index:
+                    break
+                out |= ids
+            return out
 
     # ------------------------------------------------------------ reading
     def snapshot(self) -> StateSnapshot:
@@ -206,6 +233,8 @@ class StateStore(StateReader):
         """Install restored tables (snapshot restore)."""
         with self._changed:
             self._t = tables
+            self.alloc_changes.clear()
+            self._change_floor = tables.index
             self._changed.notify_all()
 
     @property
@@ -219,6 +248,7 @@ class _WriteTxn:
     def __init__(self, store: StateStore) -> None:
         self._store = store
         self._touched: set[str] = set()
+        self._allocs: set[str] = set()
         self.index = 0
 
     def __enter__(self) -> _WriteTxn:
@@ -231,6 +261,8 @@ class _WriteTxn:
         t.index = self.index
         for name in self._touched:
             t.table_index[name] = self.index
+        if self._allocs:
+            self._store._log_alloc_change(self.index, frozenset(self._allocs))
         self._store._changed.notify_all()
         self._store._lock.release()
 
@@ -275,6 +307,7 @@ class _WriteTxn:
 
     # allocations -------------------------------------------------------
     def put_alloc(self, alloc: pb.Allocation) -> None:
+        self._allocs.add(alloc.id)
         old = self.t.allocs.get(alloc.id)
         self.t.allocs[alloc.id] = alloc
         if old is None or old.node_id != alloc.node_id:
@@ -291,6 +324,7 @@ class _WriteTxn:
         by_job: dict[JobKey, set[str]] = {}
         removed_node: dict[str, set[str]] = {}
         for alloc in allocs:
+            self._allocs.add(alloc.id)
             old = self.t.allocs.get(alloc.id)
             self.t.allocs[alloc.id] = alloc
             if old is None or old.node_id != alloc.node_id:

@@ -1,0 +1,184 @@
+"""Simulated fleets: ``corral agent --client --simulate N`` hosts N virtual nodes.
+
+Each virtual node registers with its own ID, resources and heartbeats, like a real
+client; its allocations "run" at once (the mock driver's simplest behaviour, with
+no threads or processes per task) and complete when the server stops them. One
+fleet-wide allocation stream (``WatchFleet``), batched heartbeats and batched
+status updates keep thousands of nodes cheap enough for one process, so scale runs
+(bench/) exercise the real servers on one machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+
+import grpc
+
+from corral import structs
+from corral.proto import pb, rpc
+
+log = logging.getLogger(__name__)
+
+BATCH = 2000
+
+
+class SimulatedFleet:
+    def __init__(
+        self,
+        servers: list[str],
+        count: int,
+        datacenter: str = "dc1",
+        node_class: str = "",
+        cpu: int = 4000,
+        memory: int = 8192,
+        name_prefix: str = "sim",
+        meta: dict[str, str] | None = None,
+    ) -> None:
+        self.servers = servers
+        self.nodes: list[pb.Node] = []
+        for i in range(count):
+            node = pb.Node(
+                id=str(uuid.uuid4()),
+                secret_id=str(uuid.uuid4()),
+                name=f"{name_prefix}-{i:05d}",
+                datacenter=datacenter,
+                node_class=node_class,
+                meta=meta or {},
+            )
+            node.node_resources.cpu.cpu_shares = cpu
+            node.node_resources.cpu.total_cpu_cores = 4
+            node.node_resources.memory.memory_mb = memory
+            node.node_resources.min_dynamic_port = structs.MIN_DYNAMIC_PORT
+            node.node_resources.max_dynamic_port = structs.MAX_DYNAMIC_PORT
+            node.attributes.update(
+                {
+                    "kernel.name": "linux",
+                    "os.name": "linux",
+                    "cpu.arch": "amd64",
+                    "unique.hostname": node.name,
+                    "unique.network.ip-address": "127.0.0.1",
+                    "driver.mock": "1",
+                }
+            )
+            node.drivers["mock"].detected = True
+            node.drivers["mock"].healthy = True
+            self.nodes.append(node)
+        self._known: dict[str, str] = {}  # alloc id -> last reported client status
+        self._stop = threading.Event()
+        self._server = 0
+        self._channel: grpc.Channel | None = None
+        self.ttl = 10.0
+        self._threads: list[threading.Thread] = []
+
+    def _stub(self) -> rpc.NodeServiceStub:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(
+                self.servers[self._server % len(self.servers)],
+                options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)],
+            )
+        return rpc.NodeServiceStub(self._channel)
+
+    def _failover(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = None
+        self._server += 1
+
+    def start(self) -> None:
+        self._register_all()
+        for target, name in (
+            (self._heartbeat_loop, "sim-heartbeat"),
+            (self._watch_loop, "sim-watch"),
+        ):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._channel is not None:
+            self._channel.close()
+
+    def _register_all(self) -> None:
+        for node in self.nodes:
+            while not self._stop.is_set():
+                try:
+                    resp = self._stub().Register(pb.NodeRegisterRequest(node=node), timeout=30)
+                    self.ttl = resp.heartbeat_ttl / 1e9 or self.ttl
+                    break
+                except grpc.RpcError as exc:
+                    log.warning("registering %s failed: %s", node.name, exc.details())
+                    self._failover()
+                    self._stop.wait(0.5)
+        log.info("simulated fleet: %d nodes registered", len(self.nodes))
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(max(self.ttl / 3, 0.5)):
+            beats = [
+                pb.NodeHeartbeatRequest(node_id=n.id, secret_id=n.secret_id) for n in self.nodes
+            ]
+            for i in range(0, len(beats), BATCH):
+                try:
+                    resp = self._stub().HeartbeatMany(
+                        pb.NodeHeartbeatManyRequest(heartbeats=beats[i : i + BATCH]), timeout=30
+                    )
+                    self.ttl = resp.heartbeat_ttl / 1e9 or self.ttl
+                except grpc.RpcError as exc:
+                    log.warning("fleet heartbeat failed: %s", exc.details())
+                    self._failover()
+
+    def _watch_loop(self) -> None:
+        index = 0
+        ids = [n.id for n in self.nodes]
+        while not self._stop.is_set():
+            try:
+                for update in self._stub().WatchFleet(
+                    pb.FleetWatchRequest(node_ids=ids, min_index=index)
+                ):
+                    index = update.index
+                    self._act(list(update.allocs))
+                    if self._stop.is_set():
+                        return
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    return
+                log.warning("fleet watch ended: %s", exc.details())
+                self._failover()
+                self._stop.wait(0.5)
+
+    def _act(self, allocs: list[pb.Allocation]) -> None:
+        """Run what should run, complete what should stop; report in batches."""
+        updates = []
+        for alloc in allocs:
+            if alloc.desired_status == structs.ALLOC_DESIRED_RUN:
+                want = structs.ALLOC_CLIENT_RUNNING
+            else:
+                want = structs.ALLOC_CLIENT_COMPLETE
+            if alloc.client_status == want or self._known.get(alloc.id) == want:
+                continue
+            if alloc.client_status in structs.ALLOC_TERMINAL_CLIENT:
+                continue
+            self._known[alloc.id] = want
+            upd = pb.Allocation(id=alloc.id, client_status=want)
+            state = (
+                structs.TASK_STATE_RUNNING
+                if want == structs.ALLOC_CLIENT_RUNNING
+                else structs.TASK_STATE_DEAD
+            )
+            for task in alloc.allocated_resources.tasks:
+                upd.task_states[task].state = state
+            updates.append(upd)
+        for i in range(0, len(updates), BATCH):
+            chunk = updates[i : i + BATCH]
+            while not self._stop.is_set():
+                try:
+                    self._stub().UpdateAllocations(
+                        pb.NodeUpdateAllocsRequest(allocs=chunk), timeout=60
+                    )
+                    break
+                except grpc.RpcError as exc:
+                    log.warning("fleet status update failed: %s", exc.details())
+                    self._failover()
+                    self._stop.wait(0.2)
