@@ -32,8 +32,8 @@ def job() -> None:
 # ---------------------------------------------------------------- parsing
 
 
-def _parse_job_file(path: str) -> pb.Job:
-    """Parse a job file (``-`` = stdin) with corral.jobspec; exit 1 with its errors.
+def _parse_job_file(path: str, exit_code: int = 1) -> pb.Job:
+    """Parse a job file (``-`` = stdin) with corral.jobspec; exit with its errors.
 
     The parser's errors are already ``FILE:LINE:COL: message`` lines, which editors
     and terminals can jump to, so they are printed as they are, without ``Error:``.
@@ -47,7 +47,7 @@ def _parse_job_file(path: str) -> pb.Job:
     except jobspec.JobspecError as err:
         for line in str(err).splitlines():
             click.echo(line, err=True)
-        raise click.exceptions.Exit(1) from None
+        raise click.exceptions.Exit(exit_code) from None
 
 
 # ---------------------------------------------------------------- run
@@ -58,6 +58,8 @@ def _parse_job_file(path: str) -> pb.Job:
 @click.option("--detach", is_flag=True, help="Return after submitting; do not monitor.")
 @click.option(
     "--check-index",
+    "-check-index",
+    "check_index",
     type=click.IntRange(min=0),
     default=None,
     help="Register only if the job's modify index is N (0: only if it does not exist).",

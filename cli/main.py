@@ -5,9 +5,14 @@ Exit codes, as Nomad's CLI uses them:
 * 0 - success;
 * 1 - any error: bad usage, a job file that does not parse, a server that refuses
   the request or cannot be reached (one line ``Error: ...`` on stderr, no traceback);
-* 2 - ``job run``/``job stop``/``alloc stop`` reached the server, but the scheduler
-  could not place every allocation (a script can tell "try again later" from
-  "you made a mistake").
+* 2 - ``job run``/``job stop``/``job scale``/``job revert``/``alloc stop`` reached
+  the server, but the scheduler could not place every allocation (a script can tell
+  "try again later" from "you made a mistake").
+
+``job plan`` keeps Nomad's own codes instead, because CI scripts test them: 0 = no
+changes, 1 = changes, 255 = error (usage errors included). A command chooses such a
+code for usage errors by setting ``corral_exit_code`` on the error (see
+:func:`usage_exit_code`).
 
 Click's default exit code for usage errors is 2; it is moved to 1 here so that 2
 keeps its single meaning.
@@ -33,6 +38,12 @@ def error_lines(message: str) -> list[str]:
     return [f"Error: {lines[0]}", *(f"    {line.strip()}" for line in lines[1:])]
 
 
+def usage_exit_code(err: click.UsageError) -> int:
+    """The exit code of a usage error: the command's own choice, else 1."""
+    code = getattr(err, "corral_exit_code", EXIT_ERROR)
+    return code if isinstance(code, int) else EXIT_ERROR
+
+
 class CorralGroup(click.Group):
     """The root group: turns APIError into ``Error: ...`` and usage errors into exit 1."""
 
@@ -46,14 +57,14 @@ class CorralGroup(click.Group):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as err:
-            err.exit_code = EXIT_ERROR  # type: ignore[misc]  # click: usage errors exit 2
+            err.exit_code = usage_exit_code(err)  # type: ignore[misc]  # click: usage errors exit 2
             raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except click.UsageError as err:
-            err.exit_code = EXIT_ERROR  # type: ignore[misc]  # click: usage errors exit 2
+            err.exit_code = usage_exit_code(err)  # type: ignore[misc]  # click: usage errors exit 2
             raise
         except APIError as err:
             for line in error_lines(err.message):
@@ -80,17 +91,41 @@ def cli(ctx: click.Context, address: str | None) -> None:
     ctx.call_on_close(state.close)
 
 
+def _add_address_option(command: click.Command) -> None:
+    """``--address`` on every leaf command under ``command`` (nested groups too)."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _add_address_option(sub)
+    else:
+        command.params.append(address_option())
+
+
 def _register() -> None:
-    from corral.cli import agent, alloc, eval, job, node
+    from corral.cli import (
+        agent,
+        alloc,
+        eval,
+        job,
+        jobops,  # noqa: F401  # its commands register on job.job
+        node,
+        operator,
+        service,
+    )
 
     cli.add_command(agent.agent)
     cli.add_command(job.job)
     cli.add_command(alloc.alloc)
     cli.add_command(node.node)
     cli.add_command(eval.eval_group)
+    cli.add_command(operator.server_group)
+    cli.add_command(operator.operator)
     for group in (job.job, alloc.alloc, node.node, eval.eval_group):
         for command in group.commands.values():
             command.params.append(address_option())
+    for group in (operator.server_group, operator.operator):
+        _add_address_option(group)
+    cli.add_command(service.service)
+    _add_address_option(service.service)
 
 
 _register()

@@ -2146,6 +2146,8 @@ class Plan(_message.Message):
     NODE_ALLOCATION_FIELD_NUMBER: _builtins.int
     SNAPSHOT_INDEX_FIELD_NUMBER: _builtins.int
     ALL_AT_ONCE_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_UPDATES_FIELD_NUMBER: _builtins.int
     eval_id: _builtins.str
     priority: _builtins.int
     job_id: _builtins.str
@@ -2163,6 +2165,12 @@ class Plan(_message.Message):
     def node_allocation(self) -> _containers.MessageMap[_builtins.str, Global___AllocList]:
         """New or updated allocations, by node."""
 
+    @_builtins.property
+    def deployment(self) -> Global___Deployment:
+        """A deployment created or updated by this plan (rolling update of a new version)."""
+
+    @_builtins.property
+    def deployment_updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentStatusUpdate]: ...
     def __init__(
         self,
         *,
@@ -2175,14 +2183,41 @@ class Plan(_message.Message):
         node_allocation: _abc.Mapping[_builtins.str, Global___AllocList] | None = ...,
         snapshot_index: _builtins.int = ...,
         all_at_once: _builtins.bool = ...,
+        deployment: Global___Deployment | None = ...,
+        deployment_updates: _abc.Iterable[Global___DeploymentStatusUpdate] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_at_once", b"all_at_once", "eval_id", b"eval_id", "job_id", b"job_id", "job_version", b"job_version", "namespace", b"namespace", "node_allocation", b"node_allocation", "node_update", b"node_update", "priority", b"priority", "snapshot_index", b"snapshot_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_at_once", b"all_at_once", "deployment", b"deployment", "deployment_updates", b"deployment_updates", "eval_id", b"eval_id", "job_id", b"job_id", "job_version", b"job_version", "namespace", b"namespace", "node_allocation", b"node_allocation", "node_update", b"node_update", "priority", b"priority", "snapshot_index", b"snapshot_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Plan: _TypeAlias = Plan  # noqa: Y015
+
+@_typing.final
+class DeploymentStatusUpdate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    STATUS_DESCRIPTION_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    status: _builtins.str
+    status_description: _builtins.str
+    def __init__(
+        self,
+        *,
+        deployment_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        status_description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id", "status", b"status", "status_description", b"status_description"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentStatusUpdate: _TypeAlias = DeploymentStatusUpdate  # noqa: Y015
 
 @_typing.final
 class JobRegisterCommand(_message.Message):
@@ -2553,6 +2588,71 @@ class NoopCommand(_message.Message):
 Global___NoopCommand: _TypeAlias = NoopCommand  # noqa: Y015
 
 @_typing.final
+class DeploymentStatusCommand(_message.Message):
+    """Deployment lifecycle, decided by the leader's deployment watcher or an operator."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATE_FIELD_NUMBER: _builtins.int
+    MARK_STABLE_FIELD_NUMBER: _builtins.int
+    REVERT_JOB_FIELD_NUMBER: _builtins.int
+    EVALS_FIELD_NUMBER: _builtins.int
+    mark_stable: _builtins.bool
+    """Mark this job version stable (deployment successful)."""
+    @_builtins.property
+    def update(self) -> Global___DeploymentStatusUpdate: ...
+    @_builtins.property
+    def revert_job(self) -> Global___Job:
+        """Auto-revert: register this job (the last stable version) in the same entry."""
+
+    @_builtins.property
+    def evals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Evaluation]: ...
+    def __init__(
+        self,
+        *,
+        update: Global___DeploymentStatusUpdate | None = ...,
+        mark_stable: _builtins.bool = ...,
+        revert_job: Global___Job | None = ...,
+        evals: _abc.Iterable[Global___Evaluation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["revert_job", b"revert_job", "update", b"update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evals", b"evals", "mark_stable", b"mark_stable", "revert_job", b"revert_job", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentStatusCommand: _TypeAlias = DeploymentStatusCommand  # noqa: Y015
+
+@_typing.final
+class DeploymentPromoteCommand(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    EVALS_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Empty: every group."""
+
+    @_builtins.property
+    def evals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Evaluation]: ...
+    def __init__(
+        self,
+        *,
+        deployment_id: _builtins.str = ...,
+        groups: _abc.Iterable[_builtins.str] | None = ...,
+        evals: _abc.Iterable[Global___Evaluation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id", "evals", b"evals", "groups", b"groups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentPromoteCommand: _TypeAlias = DeploymentPromoteCommand  # noqa: Y015
+
+@_typing.final
 class BatchCommand(_message.Message):
     """Group commit: concurrent proposals share one raft entry; each keeps its own
     index and result, applied in order.
@@ -2655,6 +2755,8 @@ class Command(_message.Message):
     SERVER_REGISTER_FIELD_NUMBER: _builtins.int
     JOB_SCALE_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_STATUS_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_PROMOTE_FIELD_NUMBER: _builtins.int
     schema: _builtins.int
     """Schema version of the command encoding; bumped on incompatible changes."""
     now: _builtins.int
@@ -2693,6 +2795,10 @@ class Command(_message.Message):
     def job_scale(self) -> Global___JobScaleCommand: ...
     @_builtins.property
     def batch(self) -> Global___BatchCommand: ...
+    @_builtins.property
+    def deployment_status(self) -> Global___DeploymentStatusCommand: ...
+    @_builtins.property
+    def deployment_promote(self) -> Global___DeploymentPromoteCommand: ...
     def __init__(
         self,
         *,
@@ -2715,12 +2821,14 @@ class Command(_message.Message):
         server_register: Global___ServerRegisterCommand | None = ...,
         job_scale: Global___JobScaleCommand | None = ...,
         batch: Global___BatchCommand | None = ...,
+        deployment_status: Global___DeploymentStatusCommand | None = ...,
+        deployment_promote: Global___DeploymentPromoteCommand | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["alloc_client_update", b"alloc_client_update", "alloc_desired_transition", b"alloc_desired_transition", "apply_plan", b"apply_plan", "batch", b"batch", "eval_delete", b"eval_delete", "eval_update", b"eval_update", "job_deregister", b"job_deregister", "job_register", b"job_register", "job_scale", b"job_scale", "kind", b"kind", "node_drain", b"node_drain", "node_eligibility", b"node_eligibility", "node_register", b"node_register", "node_status", b"node_status", "noop", b"noop", "server_register", b"server_register", "service_delete", b"service_delete", "service_upsert", b"service_upsert"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alloc_client_update", b"alloc_client_update", "alloc_desired_transition", b"alloc_desired_transition", "apply_plan", b"apply_plan", "batch", b"batch", "deployment_promote", b"deployment_promote", "deployment_status", b"deployment_status", "eval_delete", b"eval_delete", "eval_update", b"eval_update", "job_deregister", b"job_deregister", "job_register", b"job_register", "job_scale", b"job_scale", "kind", b"kind", "node_drain", b"node_drain", "node_eligibility", b"node_eligibility", "node_register", b"node_register", "node_status", b"node_status", "noop", b"noop", "server_register", b"server_register", "service_delete", b"service_delete", "service_upsert", b"service_upsert"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_client_update", b"alloc_client_update", "alloc_desired_transition", b"alloc_desired_transition", "apply_plan", b"apply_plan", "batch", b"batch", "eval_delete", b"eval_delete", "eval_update", b"eval_update", "job_deregister", b"job_deregister", "job_register", b"job_register", "job_scale", b"job_scale", "kind", b"kind", "node_drain", b"node_drain", "node_eligibility", b"node_eligibility", "node_register", b"node_register", "node_status", b"node_status", "noop", b"noop", "now", b"now", "schema", b"schema", "server_register", b"server_register", "service_delete", b"service_delete", "service_upsert", b"service_upsert"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_client_update", b"alloc_client_update", "alloc_desired_transition", b"alloc_desired_transition", "apply_plan", b"apply_plan", "batch", b"batch", "deployment_promote", b"deployment_promote", "deployment_status", b"deployment_status", "eval_delete", b"eval_delete", "eval_update", b"eval_update", "job_deregister", b"job_deregister", "job_register", b"job_register", "job_scale", b"job_scale", "kind", b"kind", "node_drain", b"node_drain", "node_eligibility", b"node_eligibility", "node_register", b"node_register", "node_status", b"node_status", "noop", b"noop", "now", b"now", "schema", b"schema", "server_register", b"server_register", "service_delete", b"service_delete", "service_upsert", b"service_upsert"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["job_register", "job_deregister", "node_register", "node_status", "node_eligibility", "node_drain", "alloc_client_update", "eval_update", "eval_delete", "apply_plan", "alloc_desired_transition", "service_upsert", "service_delete", "noop", "server_register", "job_scale", "batch"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["job_register", "job_deregister", "node_register", "node_status", "node_eligibility", "node_drain", "alloc_client_update", "eval_update", "eval_delete", "apply_plan", "alloc_desired_transition", "service_upsert", "service_delete", "noop", "server_register", "job_scale", "batch", "deployment_status", "deployment_promote"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -4528,3 +4636,165 @@ class StateDigestResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StateDigestResponse: _TypeAlias = StateDigestResponse  # noqa: Y015
+
+@_typing.final
+class DeploymentListRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    @_builtins.property
+    def query(self) -> Global___QueryOptions: ...
+    def __init__(
+        self,
+        *,
+        query: Global___QueryOptions | None = ...,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "query", b"query"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentListRequest: _TypeAlias = DeploymentListRequest  # noqa: Y015
+
+@_typing.final
+class DeploymentListResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Deployment]: ...
+    @_builtins.property
+    def meta(self) -> Global___QueryMeta: ...
+    def __init__(
+        self,
+        *,
+        deployments: _abc.Iterable[Global___Deployment] | None = ...,
+        meta: Global___QueryMeta | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployments", b"deployments", "meta", b"meta"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentListResponse: _TypeAlias = DeploymentListResponse  # noqa: Y015
+
+@_typing.final
+class DeploymentGetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    """Full ID or an unambiguous prefix."""
+    @_builtins.property
+    def query(self) -> Global___QueryOptions: ...
+    def __init__(
+        self,
+        *,
+        query: Global___QueryOptions | None = ...,
+        deployment_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id", "query", b"query"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentGetRequest: _TypeAlias = DeploymentGetRequest  # noqa: Y015
+
+@_typing.final
+class DeploymentGetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deployment(self) -> Global___Deployment: ...
+    @_builtins.property
+    def meta(self) -> Global___QueryMeta: ...
+    def __init__(
+        self,
+        *,
+        deployment: Global___Deployment | None = ...,
+        meta: Global___QueryMeta | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "meta", b"meta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "meta", b"meta"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentGetResponse: _TypeAlias = DeploymentGetResponse  # noqa: Y015
+
+@_typing.final
+class DeploymentPromoteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        deployment_id: _builtins.str = ...,
+        groups: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id", "groups", b"groups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentPromoteRequest: _TypeAlias = DeploymentPromoteRequest  # noqa: Y015
+
+@_typing.final
+class DeploymentFailRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        deployment_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentFailRequest: _TypeAlias = DeploymentFailRequest  # noqa: Y015
+
+@_typing.final
+class DeploymentWriteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVAL_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    REVERTED_JOB_VERSION_FIELD_NUMBER: _builtins.int
+    eval_id: _builtins.str
+    index: _builtins.int
+    reverted_job_version: _builtins.str
+    def __init__(
+        self,
+        *,
+        eval_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        reverted_job_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_id", b"eval_id", "index", b"index", "reverted_job_version", b"reverted_job_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentWriteResponse: _TypeAlias = DeploymentWriteResponse  # noqa: Y015

@@ -1392,6 +1392,207 @@ class NodeService:
             _registered_method=True)
 
 
+class DeploymentServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.List = channel.unary_unary(
+                '/corral.v1.DeploymentService/List',
+                request_serializer=corral_dot_proto_dot_corral__pb2.DeploymentListRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.DeploymentListResponse.FromString,
+                _registered_method=True)
+        self.Get = channel.unary_unary(
+                '/corral.v1.DeploymentService/Get',
+                request_serializer=corral_dot_proto_dot_corral__pb2.DeploymentGetRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.DeploymentGetResponse.FromString,
+                _registered_method=True)
+        self.Promote = channel.unary_unary(
+                '/corral.v1.DeploymentService/Promote',
+                request_serializer=corral_dot_proto_dot_corral__pb2.DeploymentPromoteRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.DeploymentWriteResponse.FromString,
+                _registered_method=True)
+        self.Fail = channel.unary_unary(
+                '/corral.v1.DeploymentService/Fail',
+                request_serializer=corral_dot_proto_dot_corral__pb2.DeploymentFailRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.DeploymentWriteResponse.FromString,
+                _registered_method=True)
+
+
+class DeploymentServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def List(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Get(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Promote(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Fail(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DeploymentServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.DeploymentListRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.DeploymentListResponse.SerializeToString,
+            ),
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.DeploymentGetRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.DeploymentGetResponse.SerializeToString,
+            ),
+            'Promote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Promote,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.DeploymentPromoteRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.DeploymentWriteResponse.SerializeToString,
+            ),
+            'Fail': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fail,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.DeploymentFailRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.DeploymentWriteResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'corral.v1.DeploymentService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('corral.v1.DeploymentService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class DeploymentService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.DeploymentService/List',
+            corral_dot_proto_dot_corral__pb2.DeploymentListRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.DeploymentListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.DeploymentService/Get',
+            corral_dot_proto_dot_corral__pb2.DeploymentGetRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.DeploymentGetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Promote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.DeploymentService/Promote',
+            corral_dot_proto_dot_corral__pb2.DeploymentPromoteRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.DeploymentWriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.DeploymentService/Fail',
+            corral_dot_proto_dot_corral__pb2.DeploymentFailRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.DeploymentWriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class ServiceCatalogStub:
     """Missing associated documentation comment in .proto file."""
 

@@ -355,6 +355,55 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
+class DeploymentServiceStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> DeploymentServiceAsyncStub: ...
+    List: _grpc.UnaryUnaryMultiCallable[_corral_pb2.DeploymentListRequest, _corral_pb2.DeploymentListResponse]
+    Get: _grpc.UnaryUnaryMultiCallable[_corral_pb2.DeploymentGetRequest, _corral_pb2.DeploymentGetResponse]
+    Promote: _grpc.UnaryUnaryMultiCallable[_corral_pb2.DeploymentPromoteRequest, _corral_pb2.DeploymentWriteResponse]
+    Fail: _grpc.UnaryUnaryMultiCallable[_corral_pb2.DeploymentFailRequest, _corral_pb2.DeploymentWriteResponse]
+
+@_typing.type_check_only
+class DeploymentServiceAsyncStub(DeploymentServiceStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    List: _aio.UnaryUnaryMultiCallable[_corral_pb2.DeploymentListRequest, _corral_pb2.DeploymentListResponse]  # type: ignore[assignment]
+    Get: _aio.UnaryUnaryMultiCallable[_corral_pb2.DeploymentGetRequest, _corral_pb2.DeploymentGetResponse]  # type: ignore[assignment]
+    Promote: _aio.UnaryUnaryMultiCallable[_corral_pb2.DeploymentPromoteRequest, _corral_pb2.DeploymentWriteResponse]  # type: ignore[assignment]
+    Fail: _aio.UnaryUnaryMultiCallable[_corral_pb2.DeploymentFailRequest, _corral_pb2.DeploymentWriteResponse]  # type: ignore[assignment]
+
+class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def List(
+        self,
+        request: _corral_pb2.DeploymentListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.DeploymentListResponse, _abc.Awaitable[_corral_pb2.DeploymentListResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Get(
+        self,
+        request: _corral_pb2.DeploymentGetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.DeploymentGetResponse, _abc.Awaitable[_corral_pb2.DeploymentGetResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Promote(
+        self,
+        request: _corral_pb2.DeploymentPromoteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.DeploymentWriteResponse, _abc.Awaitable[_corral_pb2.DeploymentWriteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Fail(
+        self,
+        request: _corral_pb2.DeploymentFailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.DeploymentWriteResponse, _abc.Awaitable[_corral_pb2.DeploymentWriteResponse]]: ...
+
+def add_DeploymentServiceServicer_to_server(servicer: DeploymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
 class ServiceCatalogStub:
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...

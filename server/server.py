@@ -64,6 +64,22 @@ def now_ns() -> int:
     return time.time_ns()
 
 
+def commanded_evals(cmd: pb.Command) -> list[pb.Evaluation]:
+    """Every evaluation a command writes (its ``eval`` or ``evals`` field), whatever
+    its kind: new command kinds cannot forget to feed the broker."""
+    kind = cmd.WhichOneof("kind")
+    if kind is None:
+        return []
+    body = getattr(cmd, kind)
+    fields = body.DESCRIPTOR.fields_by_name
+    out: list[pb.Evaluation] = []
+    if "eval" in fields and body.HasField("eval"):
+        out.append(body.eval)
+    if "evals" in fields:
+        out.extend(body.evals)
+    return out
+
+
 class GroupCommit:
     """Concurrent proposals share one raft entry (a ``BatchCommand``).
 
@@ -349,22 +365,7 @@ class Server:
         if not self._leading:
             return
         kind = cmd.WhichOneof("kind")
-        evals: list[pb.Evaluation] = []
-        if kind == "job_register" and cmd.job_register.HasField("eval"):
-            evals = [cmd.job_register.eval]
-        elif kind == "job_deregister" and cmd.job_deregister.HasField("eval"):
-            evals = [cmd.job_deregister.eval]
-        elif kind in (
-            "node_register",
-            "node_status",
-            "node_eligibility",
-            "node_drain",
-            "alloc_client_update",
-            "eval_update",
-            "apply_plan",
-            "alloc_desired_transition",
-        ):
-            evals = list(getattr(cmd, kind).evals)
+        evals = commanded_evals(cmd)
         for ev in evals:
             stored = self.state.eval(ev.id)
             if stored is None:

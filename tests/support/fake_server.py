@@ -13,6 +13,13 @@ datacenters, ``=``/``!=`` constraints on ``${attr.*}``, ``${meta.*}``,
 ``${node.class}``, ``${node.datacenter}`` and memory/cpu capacity, and reports what
 failed the way Nomad's AllocMetric does. An evaluation stays ``pending`` for
 ``pending_reads`` reads, so that a monitor sees the status change.
+
+The operator calls are modelled too: ``Plan`` (a dry run of the toy scheduler with
+``corral.cli.jobdiff`` for the diff), ``Validate``, ``Scale``, ``Revert``, alloc
+``Restart``, node eligibility and drain (a drain advances one step each time the
+node's allocations are listed: marked for migration, stopped, complete; then the
+drain ends), and the server membership (``state.members``) behind ``Status`` and the
+raft peer calls.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any
 import grpc
 
 from corral import structs
+from corral.cli.jobdiff import format_job_diff, job_diff
 from corral.proto import pb, rpc
 from tests.support.env import free_port
 
@@ -57,6 +65,14 @@ class FakeState:
         self.requests: list[tuple[str, Any]] = []
         # Method name -> (code, details) answered instead of the method's result.
         self.inject_errors: dict[str, tuple[grpc.StatusCode, str]] = {}
+        # The servers (Status, raft peers); FakeServer puts itself here.
+        self.members: list[pb.ServerMember] = []
+        # A draining node's allocations move one step per listing when True.
+        self.drain_progress = True
+        # (alloc id, task) of every AllocService.Restart.
+        self.restarts: list[tuple[str, str]] = []
+        # Warnings answered by Validate.
+        self.validate_warnings = ""
 
     def next_index(self) -> int:
         self.index += 1
@@ -113,7 +129,14 @@ class FakeState:
             self.nodes[node.id] = node
             return node
 
-    def register(self, job: pb.Job, *, enforce: bool = False, index: int = 0) -> pb.Evaluation:
+    def register(
+        self,
+        job: pb.Job,
+        *,
+        enforce: bool = False,
+        index: int = 0,
+        trigger: str = structs.TRIGGER_JOB_REGISTER,
+    ) -> pb.Evaluation:
         with self.lock:
             problems = validate(job)
             if problems:
@@ -139,7 +162,7 @@ class FakeState:
             stored.modify_index = idx
             stored.job_modify_index = idx
             self.jobs[job.id] = [*versions, stored][-structs.JOB_TRACKED_VERSIONS :]
-            return self._new_eval(stored, structs.TRIGGER_JOB_REGISTER, idx)
+            return self._new_eval(stored, trigger, idx)
 
     def _new_eval(self, job: pb.Job, trigger: str, idx: int) -> pb.Evaluation:
         ev = pb.Evaluation(
@@ -347,6 +370,137 @@ class FakeState:
         self.allocs[alloc.id] = alloc
         return alloc
 
+    # ---------------------------------------------------------------- operator verbs
+
+    def plan(self, job: pb.Job) -> pb.JobPlanResponse:
+        """What registering ``job`` would do, without doing it."""
+        with self.lock:
+            new = pb.Job()
+            new.CopyFrom(job)
+            structs.canonicalize(new)
+            problems = validate(new)
+            if problems:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "\n".join(problems))
+            versions = self.jobs.get(job.id, [])
+            current = versions[-1] if versions else None
+            diff = job_diff(current, new)
+            resp = pb.JobPlanResponse(
+                diff="\n".join(format_job_diff(diff)) if current is not None else "",
+                changed=diff.changed,
+                job_modify_index=current.job_modify_index if current is not None else 0,
+            )
+            live = [
+                a
+                for a in self.allocs.values()
+                if a.job_id == job.id and not structs.is_alloc_terminal(a)
+            ]
+            old_groups = {g.name: g for g in current.task_groups} if current is not None else {}
+            for group in new.task_groups:
+                have = [a for a in live if a.task_group == group.name]
+                ann = resp.annotations[group.name]
+                keep = min(len(have), group.count)
+                ann.place = group.count - keep
+                ann.stop = len(have) - keep
+                old = old_groups.get(group.name)
+                if keep and old is not None and _without_count(old) != _without_count(group):
+                    ann.destructive_update = keep
+                else:
+                    ann.ignore = keep
+                if ann.place:
+                    metric = pb.AllocMetric()
+                    if self._select(new, group, metric) is None:
+                        metric.coalesced_failures = ann.place - 1
+                        resp.failed_tg_allocs[group.name].CopyFrom(metric)
+            for name in old_groups:
+                if name not in resp.annotations:
+                    gone = [a for a in live if a.task_group == name]
+                    if gone:
+                        resp.annotations[name].stop = len(gone)
+            return resp
+
+    def scale(self, job_id: str, group: str, count: int) -> pb.Evaluation:
+        with self.lock:
+            job = pb.Job()
+            job.CopyFrom(self.job(job_id))
+            target = structs.group_by_name(job, group)
+            if target is None:
+                raise _Abort(
+                    grpc.StatusCode.NOT_FOUND, f'job "{job_id}" has no task group "{group}"'
+                )
+            if count < 0:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "count must be >= 0")
+            target.count = count
+            return self.register(job, trigger=structs.TRIGGER_SCALING)
+
+    def revert(self, job_id: str, version: int) -> pb.Evaluation:
+        with self.lock:
+            current = self.job(job_id)
+            if current.version == version:
+                raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "can't revert to current version")
+            match = next((v for v in self.jobs[job_id] if v.version == version), None)
+            if match is None:
+                raise _Abort(
+                    grpc.StatusCode.NOT_FOUND, f'job "{job_id}" at version {version} not found'
+                )
+            job = pb.Job()
+            job.CopyFrom(match)
+            job.stop = False
+            return self.register(job)
+
+    def set_drain(self, request: pb.NodeDrainRequest) -> int:
+        with self.lock:
+            node = _prefix_lookup(self.nodes, request.node_id, "node")
+            idx = self.next_index()
+            if request.enable:
+                node.drain = True
+                node.drain_strategy.CopyFrom(
+                    pb.DrainStrategy(
+                        deadline=request.deadline,
+                        ignore_system_jobs=request.ignore_system_jobs,
+                        started_at=_now(),
+                        force_deadline=_now() + max(request.deadline, 0),
+                    )
+                )
+                node.scheduling_eligibility = structs.NODE_INELIGIBLE
+            else:
+                node.drain = False
+                node.ClearField("drain_strategy")
+                if request.mark_eligible:
+                    node.scheduling_eligibility = structs.NODE_ELIGIBLE
+            node.modify_index = idx
+            return idx
+
+    def advance_drain(self, node_id: str) -> None:
+        """One step of a drain: mark for migration, stop, complete; then end it."""
+        with self.lock:
+            node = self.nodes.get(node_id)
+            if node is None or not node.drain or not self.drain_progress:
+                return
+            idx = self.next_index()
+            ignore_system = node.drain_strategy.ignore_system_jobs
+            left = 0
+            for a in self.allocs.values():
+                if a.node_id != node_id or structs.is_client_terminal(a):
+                    continue
+                job = self.jobs.get(a.job_id, [None])[-1] if a.job_id in self.jobs else None
+                if ignore_system and job is not None and job.type == structs.JOB_TYPE_SYSTEM:
+                    continue
+                if not a.desired_transition.migrate:
+                    a.desired_transition.migrate = True
+                    left += 1
+                elif a.desired_status == structs.ALLOC_DESIRED_RUN:
+                    a.desired_status = structs.ALLOC_DESIRED_STOP
+                    a.desired_description = "alloc is being migrated"
+                    left += 1
+                else:
+                    a.client_status = structs.ALLOC_CLIENT_COMPLETE
+                a.modify_index = idx
+                a.modify_time = _now()
+            if not left:
+                node.drain = False
+                node.ClearField("drain_strategy")
+                node.modify_index = idx
+
     def deregister(self, job_id: str, purge: bool) -> pb.Evaluation:
         with self.lock:
             job = self.job(job_id)
@@ -366,6 +520,14 @@ class _Abort(Exception):
         super().__init__(details)
         self.code = code
         self.details = details
+
+
+def _without_count(group: pb.TaskGroup) -> bytes:
+    copy = pb.TaskGroup()
+    copy.CopyFrom(group)
+    copy.count = 0
+    data: bytes = copy.SerializeToString(deterministic=True)
+    return data
 
 
 def validate(job: pb.Job) -> list[str]:
@@ -525,6 +687,42 @@ class _Jobs(rpc.JobServiceServicer):
                 self.state.job(request.job_id)
             return pb.JobEvaluationsResponse(evals=evals)
 
+    @_handles
+    def Plan(self, request: pb.JobPlanRequest, context: Any) -> pb.JobPlanResponse:
+        return self.state.plan(request.job)
+
+    @_handles
+    def Validate(self, request: pb.JobValidateRequest, context: Any) -> pb.JobValidateResponse:
+        problems = validate(request.job)
+        return pb.JobValidateResponse(
+            validation_errors=problems,
+            error="\n".join(problems),
+            warnings=self.state.validate_warnings,
+            driver_config_validated=True,
+        )
+
+    @_handles
+    def Scale(self, request: pb.JobScaleRequest, context: Any) -> pb.JobRegisterResponse:
+        ev = self.state.scale(request.job_id, request.group, request.count)
+        job = self.state.job(request.job_id)
+        return pb.JobRegisterResponse(
+            eval_id=ev.id,
+            eval_create_index=ev.create_index,
+            job_modify_index=job.job_modify_index,
+            index=self.state.index,
+        )
+
+    @_handles
+    def Revert(self, request: pb.JobRevertRequest, context: Any) -> pb.JobRegisterResponse:
+        ev = self.state.revert(request.job_id, request.version)
+        job = self.state.job(request.job_id)
+        return pb.JobRegisterResponse(
+            eval_id=ev.id,
+            eval_create_index=ev.create_index,
+            job_modify_index=job.job_modify_index,
+            index=self.state.index,
+        )
+
 
 class _Allocs(rpc.AllocServiceServicer):
     def __init__(self, state: FakeState) -> None:
@@ -533,13 +731,44 @@ class _Allocs(rpc.AllocServiceServicer):
     @_handles
     def List(self, request: pb.AllocListRequest, context: Any) -> pb.AllocationsResponse:
         with self.state.lock:
-            allocs = [
-                a
-                for a in self.state.allocs.values()
-                if a.id.startswith(request.prefix)
-                and (not request.node_id or a.node_id == request.node_id)
-            ]
+            allocs = []
+            for a in self.state.allocs.values():
+                if a.id.startswith(request.prefix) and (
+                    not request.node_id or a.node_id == request.node_id
+                ):
+                    copy = pb.Allocation()
+                    copy.CopyFrom(a)
+                    allocs.append(copy)
+            if request.node_id:
+                self.state.advance_drain(request.node_id)  # seen on the next listing
             return pb.AllocationsResponse(allocs=allocs)
+
+    @_handles
+    def Restart(self, request: pb.AllocRestartRequest, context: Any) -> pb.AllocRestartResponse:
+        with self.state.lock:
+            alloc = _prefix_lookup(self.state.allocs, request.alloc_id, "allocation")
+            if structs.is_alloc_terminal(alloc):
+                raise _Abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"allocation {alloc.id[:8]} is not running",
+                )
+            if request.task and request.task not in alloc.task_states:
+                raise _Abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f'task "{request.task}" not found in allocation {alloc.id[:8]}',
+                )
+            idx = self.state.next_index()
+            for name in [request.task] if request.task else sorted(alloc.task_states):
+                state = alloc.task_states[name]
+                state.restarts += 1
+                state.last_restart = _now()
+                state.events.add(
+                    type=structs.EVENT_RESTART_SIGNAL,
+                    time=_now(),
+                    display_message="User requested task to restart",
+                )
+            self.state.restarts.append((alloc.id, request.task))
+            return pb.AllocRestartResponse(index=idx)
 
     @_handles
     def Get(self, request: pb.AllocGetRequest, context: Any) -> pb.AllocGetResponse:
@@ -635,6 +864,26 @@ class _Nodes(rpc.NodeServiceServicer):
             node.ClearField("secret_id")
             return pb.NodeGetResponse(node=node)
 
+    @_handles
+    def SetEligibility(self, request: pb.NodeEligibilityRequest, context: Any) -> pb.WriteResponse:
+        with self.state.lock:
+            node = _prefix_lookup(self.state.nodes, request.node_id, "node")
+            if request.eligible and node.drain:
+                raise _Abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "can not set node's scheduling eligibility to eligible while it is draining",
+                )
+            idx = self.state.next_index()
+            node.scheduling_eligibility = (
+                structs.NODE_ELIGIBLE if request.eligible else structs.NODE_INELIGIBLE
+            )
+            node.modify_index = idx
+            return pb.WriteResponse(index=idx)
+
+    @_handles
+    def SetDrain(self, request: pb.NodeDrainRequest, context: Any) -> pb.WriteResponse:
+        return pb.WriteResponse(index=self.state.set_drain(request))
+
 
 class _Status(rpc.StatusServiceServicer):
     def __init__(self, state: FakeState, address: str) -> None:
@@ -643,18 +892,74 @@ class _Status(rpc.StatusServiceServicer):
 
     @_handles
     def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
-        resp = pb.StatusResponse(leader=self.address, index=self.state.index)
-        resp.members.add(
-            id="fake",
-            name="fake-server",
-            address=self.address,
-            rpc_address=self.address,
-            raft_state="leader",
-            leader=True,
-            voter=True,
-            healthy=True,
-        )
-        return resp
+        with self.state.lock:
+            leader = next((m for m in self.state.members if m.leader), None)
+            return pb.StatusResponse(
+                leader=(leader.rpc_address or leader.address) if leader else "",
+                members=self.state.members,
+                index=self.state.index,
+            )
+
+
+class _Operator(rpc.OperatorServiceServicer):
+    def __init__(self, state: FakeState) -> None:
+        self.state = state
+
+    @_handles
+    def RaftListPeers(self, request: pb.StatusRequest, context: Any) -> pb.RaftPeersResponse:
+        with self.state.lock:
+            servers = [
+                pb.RaftServer(
+                    id=m.raft_address,
+                    node=m.name,
+                    address=m.raft_address,
+                    leader=m.leader,
+                    voter=m.voter,
+                    raft_protocol="3",
+                )
+                for m in self.state.members
+            ]
+            return pb.RaftPeersResponse(servers=servers, index=self.state.index)
+
+    @_handles
+    def RaftAddPeer(self, request: pb.RaftPeerRequest, context: Any) -> pb.WriteResponse:
+        with self.state.lock:
+            address = request.address
+            if ":" not in address:
+                raise _Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"address {address!r} must be host:port of a raft peer",
+                )
+            if any(m.raft_address == address for m in self.state.members):
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"{address} is already a peer")
+            self.state.members.append(
+                pb.ServerMember(
+                    id=address,
+                    name=address,
+                    address=address.rsplit(":", 1)[0],
+                    raft_address=address,
+                    raft_state="follower",
+                    voter=True,
+                    healthy=True,
+                )
+            )
+            return pb.WriteResponse(index=self.state.next_index())
+
+    @_handles
+    def RaftRemovePeer(self, request: pb.RaftPeerRequest, context: Any) -> pb.WriteResponse:
+        with self.state.lock:
+            match = [m for m in self.state.members if m.raft_address == request.address]
+            if not match:
+                raise _Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"{request.address} is not a raft peer"
+                )
+            if match[0].leader:
+                raise _Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "a server cannot remove itself; remove it from another server",
+                )
+            self.state.members.remove(match[0])
+            return pb.WriteResponse(index=self.state.next_index())
 
 
 class FakeServer:
@@ -664,12 +969,27 @@ class FakeServer:
         self.state = FakeState()
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.state.members.append(
+            pb.ServerMember(
+                id="fake",
+                name="fake-server",
+                address="127.0.0.1",
+                raft_address=f"127.0.0.1:{self.port + 1}",
+                rpc_address=self.address,
+                raft_state="leader",
+                leader=True,
+                voter=True,
+                healthy=True,
+                last_index=1,
+            )
+        )
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         rpc.add_JobServiceServicer_to_server(_Jobs(self.state), self._server)
         rpc.add_AllocServiceServicer_to_server(_Allocs(self.state), self._server)
         rpc.add_EvalServiceServicer_to_server(_Evals(self.state), self._server)
         rpc.add_NodeServiceServicer_to_server(_Nodes(self.state), self._server)
         rpc.add_StatusServiceServicer_to_server(_Status(self.state, self.address), self._server)
+        rpc.add_OperatorServiceServicer_to_server(_Operator(self.state), self._server)
         self._server.add_insecure_port(self.address)
 
     def start(self) -> FakeServer:

@@ -182,3 +182,27 @@ def test_broker_holds_delayed_evaluations_until_due() -> None:
     due = b.dequeue(2.0)
     assert due is not None and due[0].id == later.id
     assert time.time_ns() >= later.wait_until
+
+
+def test_scaling_a_job_places_the_new_count() -> None:
+    server = Server(ServerConfig(in_memory=True, num_workers=1))
+    server.start()
+    try:
+        assert server.wait_leader(5)
+        server.register_node(f.node())
+        server.register_job(f.job(count=1))
+        resp = server.scale_job("default", "web", "", 4)
+
+        def placed() -> int:
+            return sum(1 for a in server.state.allocs_by_job("default", "web") if a.desired_status == "run")
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and placed() < 4:
+            time.sleep(0.01)
+        assert placed() == 4
+        ev = server.state.eval(resp.eval_id)
+        assert ev is not None and ev.status == structs.EVAL_STATUS_COMPLETE
+        job = server.state.job("default", "web")
+        assert job is not None and job.version == 1 and job.task_groups[0].count == 4
+    finally:
+        server.stop()
