@@ -164,6 +164,7 @@ class CorralClient:
         self._evals = rpc.EvalServiceStub(self._channel)
         self._nodes = rpc.NodeServiceStub(self._channel)
         self._status = rpc.StatusServiceStub(self._channel)
+        self._operator = rpc.OperatorServiceStub(self._channel)
         self._checked = False
 
     # ------------------------------------------------------------ plumbing
@@ -293,6 +294,50 @@ class CorralClient:
         req = pb.JobGetRequest(query=self._query(), job_id=job_id, namespace=self.namespace)
         return list(self._call(self._jobs.Evaluations, req).evals)
 
+    def plan_job(self, job: pb.Job, *, diff: bool = True) -> pb.JobPlanResponse:
+        """Dry-run the scheduler for ``job``: what registering it would change.
+
+        Nothing is written; the answer's ``job_modify_index`` is what ``register_job``
+        with ``enforce_index`` expects, so a plan can be applied only if nobody
+        changed the job in between.
+        """
+        resp: pb.JobPlanResponse = self._call(
+            self._jobs.Plan, pb.JobPlanRequest(job=job, diff=diff)
+        )
+        return resp
+
+    def validate_job(self, job: pb.Job) -> pb.JobValidateResponse:
+        """The server's verdict on ``job`` (its problems come back in the answer,
+        not as an error, so that all of them can be shown at once)."""
+        resp: pb.JobValidateResponse = self._call(
+            self._jobs.Validate, pb.JobValidateRequest(job=job)
+        )
+        return resp
+
+    def scale_job(
+        self, job_id: str, group: str, count: int, *, message: str = ""
+    ) -> pb.JobRegisterResponse:
+        """Set one group's count (a new job version and an evaluation)."""
+        req = pb.JobScaleRequest(
+            job_id=job_id, namespace=self.namespace, group=group, count=count, message=message
+        )
+        resp: pb.JobRegisterResponse = self._call(self._jobs.Scale, req)
+        return resp
+
+    def revert_job(
+        self, job_id: str, version: int, *, enforce_prior_version: int | None = None
+    ) -> pb.JobRegisterResponse:
+        """Register an older version of the job again (as a new version).
+
+        With ``enforce_prior_version`` the server reverts only if the current
+        version is that one (a guard against racing another operator).
+        """
+        req = pb.JobRevertRequest(job_id=job_id, namespace=self.namespace, version=version)
+        if enforce_prior_version is not None:
+            req.enforce_prior_version = enforce_prior_version
+        resp: pb.JobRegisterResponse = self._call(self._jobs.Revert, req)
+        return resp
+
     # ------------------------------------------------------------ allocations
 
     def list_allocs(self, *, prefix: str = "", node_id: str = "") -> list[pb.Allocation]:
@@ -308,6 +353,12 @@ class CorralClient:
     def stop_alloc(self, alloc_id: str) -> pb.AllocStopResponse:
         req = pb.AllocStopRequest(alloc_id=alloc_id)
         resp: pb.AllocStopResponse = self._call(self._allocs.Stop, req)
+        return resp
+
+    def restart_alloc(self, alloc_id: str, task: str = "") -> pb.AllocRestartResponse:
+        """Restart one task of the allocation in place ("" = every task)."""
+        req = pb.AllocRestartRequest(alloc_id=alloc_id, task=task)
+        resp: pb.AllocRestartResponse = self._call(self._allocs.Restart, req)
         return resp
 
     def alloc_logs(
@@ -375,8 +426,74 @@ class CorralClient:
         resp: pb.NodeGetResponse = self._call(self._nodes.Get, req)
         return resp.node
 
+    def set_node_eligibility(self, node_id: str, eligible: bool) -> pb.WriteResponse:
+        """Allow or forbid new placements on the node (running allocations stay)."""
+        req = pb.NodeEligibilityRequest(node_id=node_id, eligible=eligible)
+        resp: pb.WriteResponse = self._call(self._nodes.SetEligibility, req)
+        return resp
+
+    def set_node_drain(
+        self,
+        node_id: str,
+        enable: bool,
+        *,
+        deadline: int = 0,
+        ignore_system_jobs: bool = False,
+        mark_eligible: bool = False,
+    ) -> pb.WriteResponse:
+        """Start (``enable``) or cancel a drain of the node.
+
+        ``deadline`` is in nanoseconds, as Nomad's DrainSpec: > 0 forces the
+        remaining allocations off after that long, 0 means no deadline, -1 forces
+        them off at once. ``mark_eligible`` makes the node eligible again when a
+        drain is cancelled.
+        """
+        req = pb.NodeDrainRequest(
+            node_id=node_id,
+            enable=enable,
+            deadline=deadline,
+            ignore_system_jobs=ignore_system_jobs,
+            mark_eligible=mark_eligible,
+        )
+        resp: pb.WriteResponse = self._call(self._nodes.SetDrain, req)
+        return resp
+
+    # ------------------------------------------------------------ services
+
+    def list_services(self) -> pb.ServiceListResponse:
+        """Services with at least one passing instance, with their tags."""
+        req = pb.ServiceListRequest(query=self._query())
+        resp: pb.ServiceListResponse = self._call(rpc.ServiceCatalogStub(self._channel).List, req)
+        return resp
+
+    def get_service(self, name: str, *, any_health: bool = False) -> list[pb.ServiceRegistration]:
+        """The instances of a service: passing ones, or all with ``any_health``
+        (their ``health`` says which). An unknown service is an empty list."""
+        req = pb.ServiceGetRequest(query=self._query(), name=name, any_health=any_health)
+        resp: pb.ServiceGetResponse = self._call(rpc.ServiceCatalogStub(self._channel).Get, req)
+        return list(resp.instances)
+
     # ------------------------------------------------------------ cluster
 
     def status(self) -> pb.StatusResponse:
         resp: pb.StatusResponse = self._call(self._status.Status, pb.StatusRequest())
+        return resp
+
+    def raft_list_peers(self) -> pb.RaftPeersResponse:
+        """The raft configuration: every voting server and who leads."""
+        resp: pb.RaftPeersResponse = self._call(self._operator.RaftListPeers, pb.StatusRequest())
+        return resp
+
+    def raft_add_peer(self, address: str) -> pb.WriteResponse:
+        """Add the server whose raft address is ``address`` (host:port) to the cluster."""
+        resp: pb.WriteResponse = self._call(
+            self._operator.RaftAddPeer, pb.RaftPeerRequest(address=address)
+        )
+        return resp
+
+    def raft_remove_peer(self, address: str) -> pb.WriteResponse:
+        """Remove the server whose raft address is ``address`` from the cluster."""
+        resp: pb.WriteResponse = self._call(
+            self._operator.RaftRemovePeer, pb.RaftPeerRequest(address=address)
+        )
         return resp
