@@ -490,6 +490,38 @@ def _passing(svc: pb.ServiceRegistration) -> bool:
     return svc.health in ("", "passing")
 
 
+class DeploymentEndpoint(_Base, rpc.DeploymentServiceServicer):
+    SERVICE = "DeploymentService"
+
+    @_rpc("read")
+    def List(self, request: pb.DeploymentListRequest, context: Any) -> pb.DeploymentListResponse:
+        meta = self._block(request.query, "deployments")
+        deps = [
+            d
+            for d in self.server.state.deployments()
+            if not request.job_id or d.job_id == request.job_id
+        ]
+        deps.sort(key=lambda d: d.create_index, reverse=True)
+        return pb.DeploymentListResponse(deployments=deps, meta=meta)
+
+    @_rpc("read")
+    def Get(self, request: pb.DeploymentGetRequest, context: Any) -> pb.DeploymentGetResponse:
+        meta = self._block(request.query, "deployments")
+        return pb.DeploymentGetResponse(
+            deployment=self.server.resolve_deployment(request.deployment_id), meta=meta
+        )
+
+    @_rpc("write")
+    def Promote(
+        self, request: pb.DeploymentPromoteRequest, context: Any
+    ) -> pb.DeploymentWriteResponse:
+        return self.server.promote_deployment(request.deployment_id, list(request.groups))
+
+    @_rpc("write")
+    def Fail(self, request: pb.DeploymentFailRequest, context: Any) -> pb.DeploymentWriteResponse:
+        return self.server.fail_deployment(request.deployment_id)
+
+
 class CatalogEndpoint(_Base, rpc.ServiceCatalogServicer):
     SERVICE = "ServiceCatalog"
 
@@ -576,5 +608,6 @@ def add_to_grpc(server: Server, grpc_server: grpc.Server) -> Forwarder:
     rpc.add_StatusServiceServicer_to_server(StatusEndpoint(server, fwd), grpc_server)
     rpc.add_OperatorServiceServicer_to_server(OperatorEndpoint(server, fwd), grpc_server)
     rpc.add_ServiceCatalogServicer_to_server(CatalogEndpoint(server, fwd), grpc_server)
+    rpc.add_DeploymentServiceServicer_to_server(DeploymentEndpoint(server, fwd), grpc_server)
     server.forwarder = fwd
     return fwd

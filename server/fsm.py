@@ -54,6 +54,8 @@ class FSM:
             "noop": lambda txn, cmd: "",
             "server_register": self._server_register,
             "job_scale": self._job_scale,
+            "deployment_status": self._deployment_status,
+            "deployment_promote": self._deployment_promote,
         }
 
     # ------------------------------------------------------------ entry points
@@ -295,8 +297,11 @@ class FSM:
             for name, ts in upd.task_states.items():
                 alloc.task_states[name].CopyFrom(ts)
             if upd.HasField("deployment_status"):
+                canary = old.deployment_status.canary
                 alloc.deployment_status.CopyFrom(upd.deployment_status)
+                alloc.deployment_status.canary = canary  # the server decides canaries
                 alloc.deployment_status.modify_index = txn.index
+                self._deployment_health(txn, old, alloc, cmd.now)
             alloc.modify_index = txn.index
             alloc.modify_time = cmd.now
             updated.append(alloc)
@@ -373,6 +378,7 @@ class FSM:
             alloc.modify_index = txn.index
             alloc.modify_time = cmd.now
         txn.put_allocs(work.values())
+        self._plan_deployment(txn, plan, cmd.now)
         # A lost allocation's client cannot deregister its services: do it here.
         lost = {a.id for a in work.values() if a.client_status == structs.ALLOC_CLIENT_LOST}
         self._drop_services_of(txn, lost)
@@ -422,6 +428,135 @@ class FSM:
         if req.HasField("eval"):
             register.job_register.eval.CopyFrom(req.eval)
         return self._job_register(txn, register)
+
+    def _plan_deployment(self, txn: _WriteTxn, plan: pb.Plan, now: int) -> None:
+        """Create/update the plan's deployment and count what it placed."""
+        for upd in plan.deployment_updates:
+            self._set_deployment_status(txn, upd, now)
+        if not plan.HasField("deployment"):
+            return
+        d = pb.Deployment()
+        d.CopyFrom(plan.deployment)
+        old = txn.t.deployments.get(d.id)
+        if old is not None:
+            # The scheduler's copy may be stale: counters belong to the FSM.
+            for name, state in old.task_groups.items():
+                mine = d.task_groups[name]
+                mine.placed_allocs = state.placed_allocs
+                mine.healthy_allocs = state.healthy_allocs
+                mine.unhealthy_allocs = state.unhealthy_allocs
+                mine.promoted = state.promoted
+                del mine.placed_canaries[:]
+                mine.placed_canaries.extend(state.placed_canaries)
+                if state.require_progress_by:
+                    mine.require_progress_by = state.require_progress_by
+            d.status = old.status
+            d.status_description = old.status_description
+        d.create_index = old.create_index if old is not None else txn.index
+        for lst in plan.node_allocation.values():
+            for alloc in lst.allocs:
+                stored = txn.t.allocs.get(alloc.id)
+                if alloc.deployment_id != d.id or stored is None:
+                    continue
+                group = d.task_groups[alloc.task_group]
+                if stored.create_index == txn.index:  # placed by this very plan
+                    group.placed_allocs += 1
+                    if alloc.deployment_status.canary:
+                        group.placed_canaries.append(alloc.id)
+                if not group.require_progress_by and group.progress_deadline:
+                    group.require_progress_by = now + group.progress_deadline
+        d.modify_index = txn.index
+        txn.put_deployment(d)
+
+    def _set_deployment_status(
+        self, txn: _WriteTxn, upd: pb.DeploymentStatusUpdate, now: int
+    ) -> bool:
+        old = txn.t.deployments.get(upd.deployment_id)
+        if old is None:
+            return False
+        d = pb.Deployment()
+        d.CopyFrom(old)
+        d.status = upd.status
+        d.status_description = upd.status_description
+        d.modify_index = txn.index
+        txn.put_deployment(d)
+        return True
+
+    def _deployment_health(
+        self, txn: _WriteTxn, before: pb.Allocation, after: pb.Allocation, now: int
+    ) -> None:
+        """Count an allocation's first health verdict into its deployment."""
+        if not after.deployment_id or not after.HasField("deployment_status"):
+            return
+        if not after.deployment_status.HasField("healthy"):
+            return
+        if before.HasField("deployment_status") and before.deployment_status.HasField("healthy"):
+            return  # already counted
+        old = txn.t.deployments.get(after.deployment_id)
+        if old is None or old.status != "running":
+            return
+        d = pb.Deployment()
+        d.CopyFrom(old)
+        group = d.task_groups[after.task_group]
+        if after.deployment_status.healthy:
+            group.healthy_allocs += 1
+            if group.progress_deadline:
+                group.require_progress_by = now + group.progress_deadline
+        else:
+            group.unhealthy_allocs += 1
+        d.modify_index = txn.index
+        txn.put_deployment(d)
+
+    def _deployment_status(self, txn: _WriteTxn, cmd: pb.Command) -> str:
+        req = cmd.deployment_status
+        d = txn.t.deployments.get(req.update.deployment_id)
+        if d is None:
+            return f"deployment {req.update.deployment_id} not found"
+        self._set_deployment_status(txn, req.update, cmd.now)
+        if req.mark_stable:
+            versions = txn.t.job_versions.get((d.namespace, d.job_id), ())
+            for v in versions:
+                if v.version == d.job_version and not v.stable:
+                    stable = pb.Job()
+                    stable.CopyFrom(v)
+                    stable.stable = True
+                    txn.replace_job_version(stable)
+        if req.HasField("revert_job"):
+            register = pb.Command(now=cmd.now)
+            register.job_register.job.CopyFrom(req.revert_job)
+            err = self._job_register(txn, register)
+            if err:
+                return err
+        self._put_evals(txn, list(req.evals), cmd.now)
+        return ""
+
+    def _deployment_promote(self, txn: _WriteTxn, cmd: pb.Command) -> str:
+        req = cmd.deployment_promote
+        old = txn.t.deployments.get(req.deployment_id)
+        if old is None:
+            return f"deployment {req.deployment_id} not found"
+        if old.status != "running":
+            return f"deployment {req.deployment_id} is {old.status}, not running"
+        d = pb.Deployment()
+        d.CopyFrom(old)
+        for name, group in d.task_groups.items():
+            if not req.groups or name in req.groups:
+                group.promoted = True
+        d.modify_index = txn.index
+        txn.put_deployment(d)
+        # Canaries become part of the deployment's steady state.
+        changed = []
+        for alloc_id in (a for g in d.task_groups.values() for a in g.placed_canaries):
+            alloc = txn.t.allocs.get(alloc_id)
+            if alloc is not None and alloc.deployment_status.canary:
+                a = pb.Allocation()
+                a.CopyFrom(alloc)
+                a.deployment_status.canary = False
+                a.modify_index = txn.index
+                changed.append(a)
+        txn.put_allocs(changed)
+        self._put_evals(txn, list(req.evals), cmd.now)
+        return ""
 
     @staticmethod
     def _drop_services_of(txn: _WriteTxn, alloc_ids: set[str]) -> None:
