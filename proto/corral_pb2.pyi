@@ -435,6 +435,7 @@ class UpdateStrategy(_message.Message):
     CANARY_FIELD_NUMBER: _builtins.int
     stagger: _builtins.int
     max_parallel: _builtins.int
+    """optional: an explicit 0 means "no deployment" (Nomad), unset means the default 1."""
     health_check: _builtins.str
     min_healthy_time: _builtins.int
     healthy_deadline: _builtins.int
@@ -446,7 +447,7 @@ class UpdateStrategy(_message.Message):
         self,
         *,
         stagger: _builtins.int = ...,
-        max_parallel: _builtins.int = ...,
+        max_parallel: _builtins.int | None = ...,
         health_check: _builtins.str = ...,
         min_healthy_time: _builtins.int = ...,
         healthy_deadline: _builtins.int = ...,
@@ -455,11 +456,13 @@ class UpdateStrategy(_message.Message):
         auto_promote: _builtins.bool = ...,
         canary: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_parallel", b"_max_parallel", "max_parallel", b"max_parallel"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_promote", b"auto_promote", "auto_revert", b"auto_revert", "canary", b"canary", "health_check", b"health_check", "healthy_deadline", b"healthy_deadline", "max_parallel", b"max_parallel", "min_healthy_time", b"min_healthy_time", "progress_deadline", b"progress_deadline", "stagger", b"stagger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_parallel", b"_max_parallel", "auto_promote", b"auto_promote", "auto_revert", b"auto_revert", "canary", b"canary", "health_check", b"health_check", "healthy_deadline", b"healthy_deadline", "max_parallel", b"max_parallel", "min_healthy_time", b"min_healthy_time", "progress_deadline", b"progress_deadline", "stagger", b"stagger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_parallel: _TypeAlias = _typing.Literal["max_parallel"]  # noqa: Y015
+    _WhichOneofArgType__max_parallel: _TypeAlias = _typing.Literal["_max_parallel", b"_max_parallel"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_parallel) -> _WhichOneofReturnType__max_parallel | None: ...
 
 Global___UpdateStrategy: _TypeAlias = UpdateStrategy  # noqa: Y015
 
