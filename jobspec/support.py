@@ -9,15 +9,7 @@ from __future__ import annotations
 
 NOT_YET_SUPPORTED: frozenset[str] = frozenset(
     {
-        "constraint",
-        "affinity",
-        "spread",
         "update",
-        "migrate",
-        "reschedule",
-        "service",
-        "check",
-        "check_restart",
         "template",
         "artifact",
         "volume",

@@ -489,4 +489,6 @@ def _port_ref(out: _Problems, where: Key, label: str, labels: set[str]) -> None:
 
 
 def _nonzero(msg: Any) -> bool:
-    return bool(msg.ListFields())
+    """Any field with a non-zero value (an explicitly set optional 0 counts as zero:
+    Nomad's JSON prints all-zero blocks for what a job file never set)."""
+    return any(bool(v) for _, v in msg.ListFields())

@@ -1,81 +1,143 @@
 """The service/batch scheduler: one evaluation in, one plan out. Pure.
 
-``compute_plan(state, eval, seed)`` reconciles each task group, then places the
-missing allocations: shuffle the nodes (seeded), keep the feasible ones, stop after
-a few that fit (Nomad's LimitIterator: max(2, ceil(log2 n)) for services, 2 for
-batch) and take the best binpack score. The result is optimistic; the plan applier
-re-checks it against the latest state.
+``compute_plan(state, eval, seed)`` reconciles every task group of the job first
+(what to stop, update in place, place, reschedule later), applies the stops, then
+places the missing allocations group by group through the placement stack
+(``stack.py``). System jobs go to ``system.compute_system_plan``.
+
+Everything random comes from ``random.Random(seed)`` and "now" is an argument, so a
+plan is reproducible from (snapshot, evaluation, seed, now). The result is
+optimistic; the plan applier re-checks it against the latest state.
 """
 
 from __future__ import annotations
 
-import math
 import random
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable
 
 from corral import structs
 from corral.proto import pb
-from corral.scheduler.feasible import filter_reason, group_drivers, node_ready
-from corral.scheduler.rank import GroupAsk, NodeUsage
-from corral.scheduler.reconcile import reconcile_group
 
-# Nomad skips up to this many nodes whose score is too low before settling.
-MAX_SKIP = 3
+from . import reschedule
+from .common import IdSource, SchedulerResult, SchedulerState
+from .feasible import node_ready
+from .reconcile import (
+    DESC_RESCHEDULED,
+    DESC_UPDATING,
+    NODE_DOWN,
+    NODE_DRAIN,
+    NODE_DRAIN_FORCED,
+    NODE_OK,
+    PLACE_RESCHEDULE,
+    PLACE_UPDATE,
+    GroupResult,
+    Later,
+    ReconcileEnv,
+    reconcile_group,
+)
+from .stack import ALGORITHM_BINPACK, Placer, sample_limit
 
-
-class SchedulerState(Protocol):
-    """What the scheduler reads: a consistent snapshot of the state store."""
-
-    @property
-    def index(self) -> int: ...
-
-    def job(self, namespace: str, job_id: str) -> pb.Job | None: ...
-
-    def job_version(self, namespace: str, job_id: str, version: int) -> pb.Job | None: ...
-
-    def nodes(self) -> list[pb.Node]: ...
-
-    def node(self, node_id: str) -> pb.Node | None: ...
-
-    def allocs_by_job(self, namespace: str, job_id: str) -> list[pb.Allocation]: ...
-
-    def allocs_by_node(self, node_id: str) -> list[pb.Allocation]: ...
-
-
-@dataclass
-class SchedulerResult:
-    plan: pb.Plan
-    # Per group: why placements failed (empty when everything was placed).
-    failed_tg_allocs: dict[str, pb.AllocMetric] = field(default_factory=dict)
-    queued: dict[str, int] = field(default_factory=dict)
-    # IDs the caller must use for new allocations are drawn from ``new_id``.
-    placed: int = 0
-
-    @property
-    def needs_blocked_eval(self) -> bool:
-        return bool(self.failed_tg_allocs)
+__all__ = [
+    "PlanBuilder",
+    "SchedulerResult",
+    "SchedulerState",
+    "compute_plan",
+    "eval_now",
+    "node_drain_state",
+    "sample_limit",
+]
 
 
-class _IdSource(Protocol):
-    def __call__(self) -> str: ...
+def eval_now(ev: pb.Evaluation, now_ns: int) -> int:
+    """ "Now" for reschedule decisions: the caller's clock, else the evaluation's
+    own timestamps (the newest the scheduler knows of)."""
+    return now_ns or max(ev.modify_time, ev.create_time, ev.wait_until)
 
 
-def sample_limit(job_type: str, feasible_nodes: int) -> int:
-    if job_type == structs.JOB_TYPE_BATCH:
-        return 2
-    return max(2, math.ceil(math.log2(max(feasible_nodes, 1))))
+def node_drain_state(node: pb.Node | None, now: int) -> str:
+    """How reconciling sees a node: gone or down, draining (past its deadline or
+    not), or fine."""
+    if node is None or node.status == structs.NODE_STATUS_DOWN:
+        return NODE_DOWN
+    if node.drain:
+        ds = node.drain_strategy
+        force_at = ds.force_deadline
+        if not force_at and ds.deadline > 0 and ds.started_at:
+            force_at = ds.started_at + ds.deadline
+        if ds.deadline < 0 or (force_at and now >= force_at):
+            return NODE_DRAIN_FORCED
+        return NODE_DRAIN
+    return NODE_OK
+
+
+class PlanBuilder:
+    """Appends to a plan without looking up map entries twice."""
+
+    def __init__(self, plan: pb.Plan) -> None:
+        self.plan = plan
+        self._updates: dict[str, pb.AllocList] = {}
+        self._allocs: dict[str, pb.AllocList] = {}
+
+    def _update_list(self, node_id: str) -> pb.AllocList:
+        lst = self._updates.get(node_id)
+        if lst is None:
+            lst = self._updates[node_id] = self.plan.node_update[node_id]
+        return lst
+
+    def stop(self, alloc: pb.Allocation, description: str, client_status: str = "") -> None:
+        self._update_list(alloc.node_id).allocs.add(
+            id=alloc.id,
+            desired_status=structs.ALLOC_DESIRED_STOP,
+            desired_description=description,
+            client_status=client_status,
+        )
+
+    def mark_followup(self, alloc: pb.Allocation, eval_id: str) -> None:
+        """Record the follow-up evaluation on a failed allocation, leaving it as is."""
+        self._update_list(alloc.node_id).allocs.add(
+            id=alloc.id,
+            desired_status=alloc.desired_status,
+            desired_description=alloc.desired_description,
+            followup_eval_id=eval_id,
+        )
+
+    def new_alloc(self, node_id: str) -> pb.Allocation:
+        lst = self._allocs.get(node_id)
+        if lst is None:
+            lst = self._allocs[node_id] = self.plan.node_allocation[node_id]
+        return lst.allocs.add()
+
+    def update_in_place(self, alloc: pb.Allocation, job: pb.Job, eval_id: str) -> None:
+        updated = self.new_alloc(alloc.node_id)
+        updated.CopyFrom(alloc)
+        updated.job_version = job.version
+        updated.eval_id = eval_id
 
 
 def compute_plan(
     state: SchedulerState,
     ev: pb.Evaluation,
     seed: int,
-    new_id: _IdSource = structs.new_id,
+    new_id: IdSource = structs.new_id,
+    *,
+    now_ns: int = 0,
+    algorithm: str = ALGORITHM_BINPACK,
 ) -> SchedulerResult:
-    """Reconcile the evaluation's job against its allocations and build a plan."""
-    rng = random.Random(seed)
+    """Reconcile the evaluation's job against its allocations and build a plan.
+
+    ``now_ns`` is the wall clock for reschedule delays and drain deadlines (the
+    evaluation's timestamps stand in when 0); ``algorithm`` is the cluster's
+    scheduler algorithm, "binpack" (default) or "spread" (worst fit).
+    """
     job = state.job(ev.namespace, ev.job_id)
+    job_type = job.type if job is not None else ev.type
+    if job_type == structs.JOB_TYPE_SYSTEM:
+        from .system import compute_system_plan
+
+        return compute_system_plan(state, ev, seed, new_id, now_ns=now_ns, algorithm=algorithm)
+
+    rng = random.Random(seed)
+    now = eval_now(ev, now_ns)
     plan = pb.Plan(
         eval_id=ev.id,
         priority=ev.priority,
@@ -97,159 +159,149 @@ def compute_plan(
             g for g in by_group if structs.group_by_name(job, g) is None
         ]
 
-    def node_down(node_id: str) -> bool:
-        node = state.node(node_id)
-        return node is None or node.status == structs.NODE_STATUS_DOWN
+    node_states: dict[str, str] = {}
 
-    def old_group(version: int) -> pb.TaskGroup | None:
-        if job is None:
-            return None
-        old = state.job_version(job.namespace, job.id, version)
-        return None if old is None else structs.group_by_name(old, group_name)
+    def node_state(node_id: str) -> str:
+        s = node_states.get(node_id)
+        if s is None:
+            s = node_states[node_id] = node_drain_state(state.node(node_id), now)
+        return s
 
-    usage: dict[str, NodeUsage] = {}
-    nodes_cache: list[pb.Node] | None = None
+    versions: dict[int, pb.Job | None] = {}
 
-    def get_usage(node: pb.Node) -> NodeUsage:
-        u = usage.get(node.id)
-        if u is None:
-            u = NodeUsage.of(node, state.allocs_by_node(node.id))
-            usage[node.id] = u
-        return u
+    def old_group_of(group_name: str) -> Callable[[int], pb.TaskGroup | None]:
+        def old_group(version: int) -> pb.TaskGroup | None:
+            if job is None:
+                return None
+            if version not in versions:
+                versions[version] = state.job_version(job.namespace, job.id, version)
+            old = versions[version]
+            return None if old is None else structs.group_by_name(old, group_name)
 
+        return old_group
+
+    builder = PlanBuilder(plan)
+    stopped: set[str] = set()
+    recs: list[tuple[str, GroupResult]] = []
+    later: list[Later] = []
     for group_name in group_names:
-        rec = reconcile_group(job, group_name, by_group.get(group_name, []), node_down, old_group)
+        env = ReconcileEnv(node_state, old_group_of(group_name), now, ev.id)
+        rec = reconcile_group(job, group_name, by_group.get(group_name, []), env)
+        recs.append((group_name, rec))
         for stop in rec.stop:
-            upd = pb.Allocation(
-                id=stop.alloc.id,
-                desired_status=structs.ALLOC_DESIRED_STOP,
-                desired_description=stop.description,
-                client_status=stop.client_status,
-            )
-            plan.node_update[stop.alloc.node_id].allocs.append(upd)
-            node = state.node(stop.alloc.node_id)
-            if node is not None:
-                get_usage(node).remove(stop.alloc)
-        if job is None:
-            continue
-        group = structs.group_by_name(job, group_name)
-        if group is None:
-            continue
+            builder.stop(stop.alloc, stop.description, stop.client_status)
+            stopped.add(stop.alloc.id)
+        later.extend(rec.later)
+        if rec.deferred_migrations:
+            result.deferred_migrations[group_name] = rec.deferred_migrations
+    if job is None:
+        return result
+
+    if later:
+        _followups(later, job, ev, builder, result, new_id)
+
+    ready: dict[str, bool] = {}
+    for _, rec in recs:
         for alloc in rec.inplace:
-            updated = pb.Allocation()
-            updated.CopyFrom(alloc)
-            updated.job_version = job.version
-            updated.eval_id = ev.id
-            plan.node_allocation[alloc.node_id].allocs.append(updated)
-        if not rec.place:
+            ok = ready.get(alloc.node_id)
+            if ok is None:
+                node = state.node(alloc.node_id)
+                ok = ready[alloc.node_id] = node is not None and node_ready(node)
+            # The plan applier refuses new or updated allocations on a node that is
+            # not ready; an in-place update changes no resources, so it can wait.
+            if ok:
+                builder.update_in_place(alloc, job, ev.id)
+
+    if not any(rec.place for _, rec in recs):
+        return result
+    placer = Placer(state, job, allocs, stopped, rng, algorithm)
+    for group_name, rec in recs:
+        group = structs.group_by_name(job, group_name)
+        if group is None or not rec.place:
             continue
-        if nodes_cache is None:
-            nodes_cache = [n for n in state.nodes() if node_ready(n)]
-            nodes_cache.sort(key=lambda n: n.id)  # shuffle from a stable order
-        metric = pb.AllocMetric()
-        ask = GroupAsk.of(group)
-        drivers = group_drivers(group)
-        feasible: list[pb.Node] = []
-        for node in nodes_cache:
-            reason = filter_reason(node, job, drivers)
-            if reason:
-                metric.nodes_filtered += 1
-                metric.constraint_filtered[reason] = metric.constraint_filtered.get(reason, 0) + 1
-            else:
-                feasible.append(node)
-        metric.nodes_evaluated = len(nodes_cache)
-        limit = sample_limit(job.type, len(feasible))
-        failed = 0
-        for place in rec.place:
-            chosen = _select(feasible, ask, limit, rng, get_usage, metric)
-            if chosen is None:
-                failed += 1
-                continue
-            alloc = _new_alloc(job, group, place.index, chosen, ask, rng, ev, new_id)
-            if place.previous is not None:
-                alloc.previous_allocation = place.previous.id
-            chosen.add(alloc)
-            plan.node_allocation[chosen.node.id].allocs.append(alloc)
-            result.placed += 1
-        if failed:
-            metric.coalesced_failures = failed - 1
-            result.failed_tg_allocs[group_name] = metric
-            result.queued[group_name] = failed
+        _place_group(placer, job, group, rec, ev, now, builder, result, new_id)
     return result
 
 
-def _select(
-    feasible: list[pb.Node],
-    ask: GroupAsk,
-    limit: int,
-    rng: random.Random,
-    get_usage: _UsageSource,
-    metric: pb.AllocMetric,
-) -> NodeUsage | None:
-    """Walk the feasible nodes in a random order; score the first ``limit`` that fit."""
-    if not feasible:
-        return None
-    start = rng.randrange(len(feasible))
-    best: NodeUsage | None = None
-    best_score = -1.0
-    seen = 0
-    skipped = 0
-    n = len(feasible)
-    for i in range(n):
-        node = feasible[(start + i) % n]
-        u = get_usage(node)
-        dim = u.exhausted_dimension(ask)
-        if dim:
-            metric.nodes_exhausted += 1
-            metric.dimension_exhausted[dim] = metric.dimension_exhausted.get(dim, 0) + 1
-            continue
-        score = u.binpack_score(ask)
-        if score <= 0 and skipped < MAX_SKIP:
-            skipped += 1
-            if best is None:
-                best, best_score = u, score
-            continue
-        if score > best_score:
-            best, best_score = u, score
-        seen += 1
-        if seen >= limit:
-            break
-    return best
-
-
-class _UsageSource(Protocol):
-    def __call__(self, node: pb.Node) -> NodeUsage: ...
-
-
-def _new_alloc(
+def _place_group(
+    placer: Placer,
     job: pb.Job,
     group: pb.TaskGroup,
-    index: int,
-    usage: NodeUsage,
-    ask: GroupAsk,
-    rng: random.Random,
+    rec: GroupResult,
     ev: pb.Evaluation,
-    new_id: _IdSource,
-) -> pb.Allocation:
-    alloc = pb.Allocation(
-        id=new_id(),
-        namespace=job.namespace,
-        eval_id=ev.id,
-        name=structs.alloc_name(job.id, group.name, index),
-        node_id=usage.node.id,
-        node_name=usage.node.name,
-        job_id=job.id,
-        job_version=job.version,
-        task_group=group.name,
-        desired_status=structs.ALLOC_DESIRED_RUN,
-        client_status=structs.ALLOC_CLIENT_PENDING,
-        alloc_index=index,
-    )
-    for task in group.tasks:
-        tr = alloc.allocated_resources.tasks[task.name]
-        tr.cpu.cpu_shares = task.resources.cpu
-        tr.memory.memory_mb = task.resources.memory_mb
-        if task.resources.memory_max_mb:
-            tr.memory.memory_max_mb = task.resources.memory_max_mb
-    alloc.allocated_resources.shared.ports.extend(usage.assign_ports(ask, rng))
-    return alloc
+    now: int,
+    builder: PlanBuilder,
+    result: SchedulerResult,
+    new_id: IdSource,
+) -> None:
+    gs = placer.group(job, group)
+    policy = reschedule.policy_of(group, job.type)
+    pool = placer.pool
+    metric: pb.AllocMetric | None = None
+    failed = 0
+    no_penalty: frozenset[str] = frozenset()
+    for place in rec.place:
+        if metric is not None:
+            # Once a placement of the group failed, the others fail the same way
+            # (the plan only grows): count them, as Nomad coalesces failures.
+            failed += 1
+            continue
+        prev = place.previous
+        if place.kind == PLACE_UPDATE and prev is not None:
+            placer.stop(prev)  # free its resources for the replacement
+        penalty = no_penalty
+        if place.kind == PLACE_RESCHEDULE and prev is not None:
+            penalty = reschedule.penalty_nodes(prev)
+        i = gs.select(penalty)
+        if i is None:
+            if place.kind == PLACE_UPDATE and prev is not None:
+                placer.unstop(prev)  # the old version keeps running
+            metric = gs.explain()
+            failed += 1
+            continue
+        alloc = builder.new_alloc(pool[i].id)
+        gs.place(i, place.index, new_id(), ev.id, alloc)
+        if prev is not None:
+            alloc.previous_allocation = prev.id
+            if place.kind == PLACE_RESCHEDULE:
+                alloc.reschedule_tracker.CopyFrom(reschedule.new_tracker(prev, policy, now))
+                builder.stop(prev, DESC_RESCHEDULED)
+            elif place.kind == PLACE_UPDATE:
+                builder.stop(prev, DESC_UPDATING)
+        result.placed += 1
+    result.queued[group.name] = failed
+    if metric is not None:
+        metric.coalesced_failures = failed - 1
+        result.failed_tg_allocs[group.name] = metric
+
+
+def _followups(
+    later: list[Later],
+    job: pb.Job,
+    ev: pb.Evaluation,
+    builder: PlanBuilder,
+    result: SchedulerResult,
+    new_id: IdSource,
+) -> None:
+    """One delayed evaluation per batch of failed allocations due within a few
+    seconds of each other (Nomad's ``createRescheduleLaterEvals``)."""
+    later = sorted(later, key=lambda item: (item.due, item.alloc.id))
+    current: pb.Evaluation | None = None
+    for item in later:
+        if current is None or item.due - current.wait_until >= reschedule.FOLLOWUP_BATCH_WINDOW_NS:
+            current = pb.Evaluation(
+                id=new_id(),
+                namespace=job.namespace,
+                priority=ev.priority or job.priority,
+                type=job.type,
+                triggered_by=structs.TRIGGER_RETRY_FAILED_ALLOC,
+                job_id=job.id,
+                job_modify_index=job.job_modify_index,
+                status=structs.EVAL_STATUS_PENDING,
+                status_description=reschedule.FOLLOWUP_DESCRIPTION,
+                wait_until=item.due,
+                previous_eval=ev.id,
+            )
+            result.followup_evals.append(current)
+        builder.mark_followup(item.alloc, current.id)
+        result.followups[item.alloc.id] = item.due

@@ -68,8 +68,8 @@ def annotate(plan: pb.Plan, snap: StateSnapshot, job: pb.Job) -> dict[str, pb.Pl
                 ann.place += 1
     for lst in plan.node_update.values():
         for stop in lst.allocs:
-            if stop.id in replaced:
-                continue
+            if stop.id in replaced or stop.desired_status == "run":
+                continue  # replaced, or only a follow-up marker on a failed allocation
             old = snap.alloc(stop.id)
             group = old.task_group if old is not None else ""
             out.setdefault(group, pb.PlanAnnotation()).stop += 1

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from corral import structs
 from corral.proto import pb
 from corral.scheduler.feasible import node_ready
 from corral.scheduler.rank import GroupAsk, NodeUsage
@@ -46,7 +45,9 @@ class PlanApplier:
     ) -> None:
         self._state = state
         self._commit = commit
-        self._queue: queue.Queue[tuple[pb.Plan, list[pb.Evaluation], Future[PlanResult]] | None]
+        self._queue: queue.Queue[
+            tuple[pb.Plan, list[pb.Evaluation], list[pb.Evaluation], Future[PlanResult]] | None
+        ]
         self._queue = queue.Queue()
         self._thread: threading.Thread | None = None
 
@@ -61,9 +62,16 @@ class PlanApplier:
             self._thread.join(timeout=10)
             self._thread = None
 
-    def submit(self, plan: pb.Plan, evals: list[pb.Evaluation]) -> Future[PlanResult]:
+    def submit(
+        self,
+        plan: pb.Plan,
+        evals: list[pb.Evaluation],
+        always: list[pb.Evaluation] | None = None,
+    ) -> Future[PlanResult]:
+        """``evals`` commit only with a fully applied plan (they complete the
+        evaluation); ``always`` commit with whatever part of it is applied."""
         fut: Future[PlanResult] = Future()
-        self._queue.put((plan, evals, fut))
+        self._queue.put((plan, evals, always or [], fut))
         return fut
 
     def _run(self) -> None:
@@ -71,20 +79,28 @@ class PlanApplier:
             item = self._queue.get()
             if item is None:
                 return
-            plan, evals, fut = item
+            plan, evals, always, fut = item
             try:
-                fut.set_result(self.apply(plan, evals))
+                fut.set_result(self.apply(plan, evals, always))
             except Exception as exc:
                 log.exception("plan apply failed")
                 fut.set_exception(exc)
 
-    def apply(self, plan: pb.Plan, evals: list[pb.Evaluation]) -> PlanResult:
+    def apply(
+        self, plan: pb.Plan, evals: list[pb.Evaluation], always: list[pb.Evaluation] | None = None
+    ) -> PlanResult:
+        always = always or []
         accepted, rejected = evaluate_plan(self._state, plan)
         if rejected and plan.all_at_once:
-            return PlanResult(index=self._state.index, rejected_nodes=sorted(plan.node_allocation))
-        if not accepted.node_allocation and not accepted.node_update and not evals:
+            accepted = pb.Plan()
+            accepted.CopyFrom(plan)
+            accepted.ClearField("node_allocation")
+            accepted.ClearField("node_update")
+            rejected = sorted(plan.node_allocation)
+        commit_evals = (evals if not rejected else []) + always
+        if not accepted.node_allocation and not accepted.node_update and not commit_evals:
             return PlanResult(index=self._state.index, rejected_nodes=rejected)
-        index = self._commit(accepted, evals if not rejected else [])
+        index = self._commit(accepted, commit_evals)
         return PlanResult(index=index, rejected_nodes=rejected)
 
 
@@ -97,8 +113,16 @@ def evaluate_plan(state: StateStore, plan: pb.Plan) -> tuple[pb.Plan, list[str]]
     rejected: list[str] = []
     for node_id, alloc_list in plan.node_allocation.items():
         node = snap.node(node_id)
-        if node is None or not node_ready(node):
+        if node is None:
             rejected.append(node_id)
+            continue
+        if not node_ready(node):
+            # A node that takes no new work may still have its allocations updated
+            # in place (a new job version that changes no task).
+            if all(snap.alloc(a.id) is not None for a in alloc_list.allocs):
+                accepted.node_allocation[node_id].CopyFrom(alloc_list)
+            else:
+                rejected.append(node_id)
             continue
         stopping = {a.id for a in plan.node_update.get(node_id, pb.AllocList()).allocs}
         existing = [a for a in snap.allocs_by_node(node_id) if a.id not in stopping]
@@ -128,4 +152,4 @@ def is_noop_plan(plan: pb.Plan) -> bool:
     return not plan.node_allocation and not plan.node_update
 
 
-__all__ = ["PlanApplier", "PlanResult", "evaluate_plan", "is_noop_plan", "structs"]
+__all__ = ["PlanApplier", "PlanResult", "evaluate_plan", "is_noop_plan"]

@@ -87,7 +87,7 @@ class Worker:
         self._state.wait_for_index(ev.modify_index - 1, 5.0)
         for attempt in range(MAX_PLAN_ATTEMPTS):
             snap = self._state.snapshot()
-            result = compute_plan(snap, ev, eval_seed(ev.id, attempt))
+            result = compute_plan(snap, ev, eval_seed(ev.id, attempt), now_ns=self._now())
             done = pb.Evaluation()
             done.CopyFrom(ev)
             done.status = structs.EVAL_STATUS_COMPLETE
@@ -122,10 +122,13 @@ class Worker:
                     canceled.status = structs.EVAL_STATUS_CANCELED
                     canceled.status_description = f"superseded by evaluation {ev.id}"
                     evals.append(canceled)
+            # Follow-ups (delayed rescheduling) are committed even when part of the plan
+            # is refused: stopped allocations may already point at them.
+            followups = list(result.followup_evals)
             if not result.plan.node_allocation and not result.plan.node_update:
-                self._update_evals(evals)
+                self._update_evals(evals + followups)
                 return
-            outcome = self._applier.submit(result.plan, evals).result(timeout=60)
+            outcome = self._applier.submit(result.plan, evals, followups).result(timeout=60)
             if outcome.error:
                 raise RuntimeError(outcome.error)
             if outcome.fully_applied:

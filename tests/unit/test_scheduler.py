@@ -81,11 +81,15 @@ def test_places_count_allocations_with_names_and_resources() -> None:
 
 
 def test_binpacks_onto_fewer_nodes() -> None:
+    # Different jobs pack together; the allocations of one group spread out a little
+    # (job anti-affinity), as in Nomad, so each job here has one allocation.
     h = Harness()
     for _ in range(10):
         h.add_node()
-    h.run(f.job(count=4, cpu=500, memory=512))
-    assert len({a.node_id for a in h.live()}) < 4
+    for i in range(6):
+        h.run(f.job(job_id=f"j{i}", count=1, cpu=500, memory=512))
+    used = {a.node_id for i in range(6) for a in h.live(f"j{i}")}
+    assert len(used) < 6
 
 
 def test_never_overcommits_and_reports_exhaustion() -> None:
