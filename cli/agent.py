@@ -20,7 +20,7 @@ from click.core import ParameterSource
 from corral.agentconfig import AgentConfig
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR")
-_CLIENT_ONLY = ("node_class", "node_name", "meta", "cpu_total", "memory_total")
+_CLIENT_ONLY = ("node_class", "node_name", "meta", "cpu_total", "memory_total", "simulate")
 _SERVER_ONLY = ("raft_port", "encrypt", "min_heartbeat_ttl", "heartbeat_grace")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -117,6 +117,13 @@ def _port(name: str, help_text: str) -> Callable[[F], F]:
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Client node meta (repeatable).")
 @click.option("--cpu-total", type=click.IntRange(min=1), default=None, metavar="MHZ")
 @click.option("--memory-total", type=click.IntRange(min=1), default=None, metavar="MB")
+@click.option(
+    "--simulate",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Client: host N simulated nodes (mock driver) instead of this machine, for scale runs.",
+)
 @click.option("--min-heartbeat-ttl", type=Duration(), default=None, help="Server: [10s].")
 @click.option("--heartbeat-grace", type=Duration(), default=None, help="Server: [10s].")
 @click.option(
@@ -195,6 +202,7 @@ def build_config(ctx: click.Context, opts: dict[str, Any]) -> AgentConfig:
         "node_name",
         "cpu_total",
         "memory_total",
+        "simulate",
         "min_heartbeat_ttl",
         "heartbeat_grace",
     ):
