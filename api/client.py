@@ -473,6 +473,64 @@ class CorralClient:
         resp: pb.ServiceGetResponse = self._call(rpc.ServiceCatalogStub(self._channel).Get, req)
         return list(resp.instances)
 
+    # ------------------------------------------------------------ deployments
+
+    def list_deployments(self, job_id: str = "") -> list[pb.Deployment]:
+        """Deployments, newest first; only those of ``job_id`` when given."""
+        req = pb.DeploymentListRequest(query=self._query(), job_id=job_id)
+        stub = rpc.DeploymentServiceStub(self._channel)
+        resp: pb.DeploymentListResponse = self._call(stub.List, req)
+        return list(resp.deployments)
+
+    def get_deployment(self, id_or_prefix: str) -> pb.Deployment:
+        """One deployment by full ID or unambiguous prefix."""
+        return self.watch_deployment(id_or_prefix)[0]
+
+    def watch_deployment(
+        self, id_or_prefix: str, *, min_index: int = 0, max_wait: float = 0.0
+    ) -> tuple[pb.Deployment, int]:
+        """A blocking read of one deployment: ``(deployment, index)``.
+
+        With ``min_index`` the server answers once the deployments table has passed
+        that index, or after ``max_wait`` seconds, whichever is first; the returned
+        index is what to pass as the next ``min_index``. The table's index is used
+        rather than the deployment's ModifyIndex because the server blocks on the
+        table: waiting on an older per-object index would return at once. The call's
+        deadline is ``max_wait`` plus the usual timeout, so that a long wait is not
+        mistaken for an unreachable server.
+        """
+        query = self._query()
+        query.min_index = min_index
+        query.max_wait = int(max_wait * 1e9) if min_index else 0
+        req = pb.DeploymentGetRequest(query=query, deployment_id=id_or_prefix)
+        stub = rpc.DeploymentServiceStub(self._channel)
+        self._wait_connected()
+        try:
+            resp: pb.DeploymentGetResponse = stub.Get(
+                req, timeout=self.timeout + (max_wait if min_index else 0.0), wait_for_ready=False
+            )
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+        return resp.deployment, resp.meta.index
+
+    def promote_deployment(
+        self, deployment_id: str, groups: tuple[str, ...] | list[str] = ()
+    ) -> pb.DeploymentWriteResponse:
+        """Promote the canaries of a running deployment (all groups, or ``groups``);
+        the answer carries the evaluation that continues the rollout."""
+        req = pb.DeploymentPromoteRequest(deployment_id=deployment_id, groups=list(groups))
+        stub = rpc.DeploymentServiceStub(self._channel)
+        resp: pb.DeploymentWriteResponse = self._call(stub.Promote, req)
+        return resp
+
+    def fail_deployment(self, deployment_id: str) -> pb.DeploymentWriteResponse:
+        """Mark a running deployment failed (with auto-revert, the last stable version
+        is registered again: ``reverted_job_version`` says which)."""
+        req = pb.DeploymentFailRequest(deployment_id=deployment_id)
+        stub = rpc.DeploymentServiceStub(self._channel)
+        resp: pb.DeploymentWriteResponse = self._call(stub.Fail, req)
+        return resp
+
     # ------------------------------------------------------------ cluster
 
     def status(self) -> pb.StatusResponse:

@@ -69,9 +69,12 @@ def _parse_job_file(path: str, exit_code: int = 1) -> pb.Job:
 def run(
     ctx: click.Context, file: str, detach: bool, check_index: int | None, verbose: bool
 ) -> None:
-    """Submit FILE (HCL or JSON; - for stdin) and follow its evaluation.
+    """Submit FILE (HCL or JSON; - for stdin) and follow its evaluation, then the
+    deployment (rolling update) it started, until that ends.
 
-    Exit 0 when every allocation was placed, 2 when placement failed, 1 on errors.
+    Exit 0 when every allocation was placed and the deployment, if any, succeeded;
+    1 when the deployment failed or was rolled back, and on errors; 2 when placement
+    failed. --detach returns right after submitting.
     """
     spec = _parse_job_file(file)
     client = get_client(ctx)
@@ -87,7 +90,7 @@ def run(
         if resp.eval_id:
             click.echo(f"Evaluation ID: {resp.eval_id}")
         return
-    ctx.exit(monitor.monitor_eval(client, resp.eval_id, verbose=verbose))
+    ctx.exit(monitor.monitor_register(client, spec.id, resp, verbose=verbose))
 
 
 # ---------------------------------------------------------------- stop

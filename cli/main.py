@@ -104,6 +104,7 @@ def _register() -> None:
     from corral.cli import (
         agent,
         alloc,
+        deployment,
         eval,
         job,
         jobops,  # noqa: F401  # its commands register on job.job
@@ -126,6 +127,8 @@ def _register() -> None:
         _add_address_option(group)
     cli.add_command(service.service)
     _add_address_option(service.service)
+    cli.add_command(deployment.deployment)
+    _add_address_option(deployment.deployment)
 
 
 _register()

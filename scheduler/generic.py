@@ -18,6 +18,7 @@ from collections.abc import Callable
 from corral import structs
 from corral.proto import pb
 
+from . import deployment as deploy
 from . import reschedule
 from .common import IdSource, SchedulerResult, SchedulerState
 from .feasible import node_ready
@@ -184,9 +185,18 @@ def compute_plan(
     stopped: set[str] = set()
     recs: list[tuple[str, GroupResult]] = []
     later: list[Later] = []
+    # Rolling updates: the current version's deployment; unpromoted canaries are
+    # kept out of reconciling (they share indexes with the allocations they shadow).
+    dep = deploy.find_deployment(state.deployments(), job) if job is not None else None
     for group_name in group_names:
         env = ReconcileEnv(node_state, old_group_of(group_name), now, ev.id)
-        rec = reconcile_group(job, group_name, by_group.get(group_name, []), env)
+        group_allocs = by_group.get(group_name, [])
+        promoted = dep is not None and (
+            group_name not in dep.task_groups or dep.task_groups[group_name].promoted
+        )
+        if not promoted and not (job is None or job.stop):
+            group_allocs = [a for a in group_allocs if not deploy.is_canary(a)]
+        rec = reconcile_group(job, group_name, group_allocs, env)
         recs.append((group_name, rec))
         for stop in rec.stop:
             builder.stop(stop.alloc, stop.description, stop.client_status)
@@ -212,6 +222,14 @@ def compute_plan(
             if ok:
                 builder.update_in_place(alloc, job, ev.id)
 
+    if dep is None and not job.stop and deploy.needs_deployment(job, recs):
+        dep = deploy.new_deployment(job, new_id())
+        plan.deployment.CopyFrom(dep)
+    for group_name, rec in recs:
+        group = structs.group_by_name(job, group_name)
+        if dep is not None and group is not None and deploy.rolling(job, group):
+            deploy.shape_group(job, group, rec, by_group.get(group_name, []), dep)
+
     if not any(rec.place for _, rec in recs):
         return result
     placer = Placer(state, job, allocs, stopped, rng, algorithm)
@@ -219,7 +237,8 @@ def compute_plan(
         group = structs.group_by_name(job, group_name)
         if group is None or not rec.place:
             continue
-        _place_group(placer, job, group, rec, ev, now, builder, result, new_id)
+        dep_id = dep.id if dep is not None and deploy.rolling(job, group) else ""
+        _place_group(placer, job, group, rec, ev, now, builder, result, new_id, dep_id)
     return result
 
 
@@ -233,6 +252,7 @@ def _place_group(
     builder: PlanBuilder,
     result: SchedulerResult,
     new_id: IdSource,
+    deployment_id: str = "",
 ) -> None:
     gs = placer.group(job, group)
     policy = reschedule.policy_of(group, job.type)
@@ -261,6 +281,10 @@ def _place_group(
             continue
         alloc = builder.new_alloc(pool[i].id)
         gs.place(i, place.index, new_id(), ev.id, alloc)
+        if deployment_id:
+            alloc.deployment_id = deployment_id
+            if place.canary:
+                alloc.deployment_status.canary = True
         if prev is not None:
             alloc.previous_allocation = prev.id
             if place.kind == PLACE_RESCHEDULE:

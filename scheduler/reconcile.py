@@ -68,6 +68,8 @@ class Place:
     index: int
     previous: pb.Allocation | None = None
     kind: str = PLACE_NEW
+    # A canary runs beside the allocation it will replace (rolling updates).
+    canary: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,10 @@ def tasks_changed(old: pb.TaskGroup | None, new: pb.TaskGroup) -> bool:
         g.ClearField("update")
         g.ClearField("migrate")
         g.ClearField("reschedule_policy")
+        # Service registrations (tags, checks) change without restarting tasks.
+        g.ClearField("services")
+        for t in g.tasks:
+            t.ClearField("services")
     return bool(a.SerializeToString(deterministic=True) != b.SerializeToString(deterministic=True))
 
 
@@ -159,7 +165,9 @@ def reconcile_group(
 
     count = group.count
     version = job.version
-    live.sort(key=lambda a: (a.alloc_index, a.create_index))
+    # Within an index the current version wins: a promoted canary displaces the
+    # old allocation it ran beside.
+    live.sort(key=lambda a: (a.alloc_index, a.job_version != version, a.create_index))
     keep: dict[int, pb.Allocation] = {}
     candidates: list[tuple[pb.Allocation, bool]] = []  # (alloc, forced) to migrate
     settled: list[pb.Allocation] = []  # kept, subject to update checks

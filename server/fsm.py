@@ -430,43 +430,42 @@ class FSM:
         return self._job_register(txn, register)
 
     def _plan_deployment(self, txn: _WriteTxn, plan: pb.Plan, now: int) -> None:
-        """Create/update the plan's deployment and count what it placed."""
+        """Create/update the plan's deployment, and count the allocations any plan
+        places into their deployment (the counters belong to the FSM)."""
         for upd in plan.deployment_updates:
             self._set_deployment_status(txn, upd, now)
-        if not plan.HasField("deployment"):
-            return
-        d = pb.Deployment()
-        d.CopyFrom(plan.deployment)
-        old = txn.t.deployments.get(d.id)
-        if old is not None:
-            # The scheduler's copy may be stale: counters belong to the FSM.
-            for name, state in old.task_groups.items():
-                mine = d.task_groups[name]
-                mine.placed_allocs = state.placed_allocs
-                mine.healthy_allocs = state.healthy_allocs
-                mine.unhealthy_allocs = state.unhealthy_allocs
-                mine.promoted = state.promoted
-                del mine.placed_canaries[:]
-                mine.placed_canaries.extend(state.placed_canaries)
-                if state.require_progress_by:
-                    mine.require_progress_by = state.require_progress_by
-            d.status = old.status
-            d.status_description = old.status_description
-        d.create_index = old.create_index if old is not None else txn.index
+        touched: dict[str, pb.Deployment] = {}
+        if plan.HasField("deployment"):
+            old = txn.t.deployments.get(plan.deployment.id)
+            if old is None:
+                d = pb.Deployment()
+                d.CopyFrom(plan.deployment)
+                d.create_index = txn.index
+                touched[d.id] = d
         for lst in plan.node_allocation.values():
             for alloc in lst.allocs:
-                stored = txn.t.allocs.get(alloc.id)
-                if alloc.deployment_id != d.id or stored is None:
+                if not alloc.deployment_id:
                     continue
+                stored = txn.t.allocs.get(alloc.id)
+                if stored is None or stored.create_index != txn.index:
+                    continue  # not placed by this very plan
+                d = touched.get(alloc.deployment_id)
+                if d is None:
+                    existing = txn.t.deployments.get(alloc.deployment_id)
+                    if existing is None:
+                        continue
+                    d = pb.Deployment()
+                    d.CopyFrom(existing)
+                    touched[d.id] = d
                 group = d.task_groups[alloc.task_group]
-                if stored.create_index == txn.index:  # placed by this very plan
-                    group.placed_allocs += 1
-                    if alloc.deployment_status.canary:
-                        group.placed_canaries.append(alloc.id)
+                group.placed_allocs += 1
+                if alloc.deployment_status.canary:
+                    group.placed_canaries.append(alloc.id)
                 if not group.require_progress_by and group.progress_deadline:
                     group.require_progress_by = now + group.progress_deadline
-        d.modify_index = txn.index
-        txn.put_deployment(d)
+        for d in touched.values():
+            d.modify_index = txn.index
+            txn.put_deployment(d)
 
     def _set_deployment_status(
         self, txn: _WriteTxn, upd: pb.DeploymentStatusUpdate, now: int

@@ -20,6 +20,14 @@ The operator calls are modelled too: ``Plan`` (a dry run of the toy scheduler wi
 node's allocations are listed: marked for migration, stopped, complete; then the
 drain ends), and the server membership (``state.members``) behind ``Status`` and the
 raft peer calls.
+
+Deployments (``DeploymentService``) are scripted rather than simulated: a test adds
+one (``add_deployment``) or queues scripts for the deployments that the next
+registrations of a service job with an ``update`` block create
+(``queued_deployments``), each script being a list of :class:`DeploymentStep`
+applied one per ``DeploymentService.Get`` read, so that a CLI following a rollout
+sees its counters move and its end (success, failure, auto-revert) in a known
+order. ``Promote`` and ``Fail`` follow the real server's rules.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent import futures
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -41,6 +50,23 @@ from tests.support.env import free_port
 
 def _now() -> int:
     return time.time_ns()
+
+
+@dataclass
+class DeploymentStep:
+    """One scripted change of a deployment, applied on one ``Get`` read.
+
+    ``groups`` sets fields of the groups' DeploymentState (``placed_allocs``,
+    ``healthy_allocs``, ...); ``status``/``description`` set the deployment's. A
+    ``successful`` status marks the job version stable, as the real watcher does;
+    ``revert_to`` registers that job version again and appends the watcher's
+    " - rolling back to job version N" to the description.
+    """
+
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    status: str = ""
+    description: str = ""
+    revert_to: int | None = None
 
 
 class FakeState:
@@ -73,6 +99,12 @@ class FakeState:
         self.restarts: list[tuple[str, str]] = []
         # Warnings answered by Validate.
         self.validate_warnings = ""
+        # Deployments by ID, and the steps still to apply to each (one per Get).
+        self.deployments: dict[str, pb.Deployment] = {}
+        self.deployment_steps: dict[str, list[DeploymentStep]] = {}
+        # Scripts of the deployments the next registrations create, oldest first; a
+        # service job with an update block gets a deployment only if one is queued.
+        self.queued_deployments: list[list[DeploymentStep]] = []
 
     def next_index(self) -> int:
         self.index += 1
@@ -156,6 +188,7 @@ class FakeState:
             stored.CopyFrom(job)
             structs.canonicalize(stored)
             stored.version = (current.version + 1) if current is not None else 0
+            stored.stable = False  # a new version is stable once its deployment succeeds
             stored.status = structs.JOB_STATUS_PENDING
             stored.submit_time = _now()
             stored.create_index = current.create_index if current is not None else idx
@@ -217,6 +250,7 @@ class FakeState:
                 if job is not None:
                     job.status = structs.JOB_STATUS_DEAD
             else:
+                placed: dict[str, list[pb.Allocation]] = {}
                 for group in job.task_groups:
                     have = [a for a in live if a.task_group == group.name]
                     for a in have[group.count :]:
@@ -225,12 +259,13 @@ class FakeState:
                     missing = [i for i in range(group.count) if i not in used]
                     failed = 0
                     metric = pb.AllocMetric()
+                    placed[group.name] = []
                     for i in missing:
                         node = self._select(job, group, metric)
                         if node is None:
                             failed += 1
                             continue
-                        self._place(job, group, i, node, ev, idx)
+                        placed[group.name].append(self._place(job, group, i, node, ev, idx))
                     if failed:
                         metric.coalesced_failures = failed - 1
                         ev.failed_tg_allocs[group.name].CopyFrom(metric)
@@ -238,6 +273,17 @@ class FakeState:
                     else:
                         ev.queued_allocations[group.name] = 0
                 job.status = structs.JOB_STATUS_RUNNING
+                if (
+                    ev.triggered_by == structs.TRIGGER_JOB_REGISTER
+                    and self.queued_deployments
+                    and job.type == structs.JOB_TYPE_SERVICE
+                    and any(g.HasField("update") for g in job.task_groups)
+                ):
+                    d = self.add_deployment(job.id, steps=self.queued_deployments.pop(0))
+                    for name, allocs in placed.items():
+                        d.task_groups[name].placed_allocs = len(allocs)
+                        for a in allocs:
+                            a.deployment_id = d.id
             ev.status = structs.EVAL_STATUS_COMPLETE
             ev.modify_index = idx
             ev.modify_time = _now()
@@ -501,6 +547,146 @@ class FakeState:
                 node.ClearField("drain_strategy")
                 node.modify_index = idx
 
+    # ---------------------------------------------------------------- deployments
+
+    def add_deployment(
+        self,
+        job_id: str,
+        *,
+        version: int | None = None,
+        groups: dict[str, dict[str, Any]] | None = None,
+        status: str = "running",
+        description: str = "Deployment is running",
+        steps: list[DeploymentStep] | tuple[DeploymentStep, ...] = (),
+    ) -> pb.Deployment:
+        """A deployment of ``job_id`` (its current version unless ``version``).
+
+        Each group starts from the job's group (desired = count, the update block's
+        auto_revert, auto_promote, canary and progress deadline), then ``groups``
+        overrides fields; ``steps`` are applied one per ``Get``.
+        """
+        with self.lock:
+            job = self.job(job_id)
+            if version is not None:
+                job = next(v for v in self.jobs[job_id] if v.version == version)
+            idx = self.next_index()
+            d = pb.Deployment(
+                id=str(uuid.uuid4()),
+                namespace=job.namespace or structs.DEFAULT_NAMESPACE,
+                job_id=job.id,
+                job_version=job.version,
+                job_modify_index=job.job_modify_index,
+                job_create_index=job.create_index,
+                status=status,
+                status_description=description,
+                create_index=idx,
+                modify_index=idx,
+            )
+            for g in job.task_groups:
+                state = d.task_groups[g.name]
+                state.desired_total = g.count
+                if g.HasField("update"):
+                    state.auto_revert = g.update.auto_revert
+                    state.auto_promote = g.update.auto_promote
+                    state.desired_canaries = g.update.canary
+                    state.progress_deadline = g.update.progress_deadline
+                    if g.update.progress_deadline:
+                        state.require_progress_by = _now() + g.update.progress_deadline
+            for name, values in (groups or {}).items():
+                _set_fields(d.task_groups[name], values)
+            self.deployments[d.id] = d
+            self.deployment_steps[d.id] = list(steps)
+            return d
+
+    def read_deployment(self, d: pb.Deployment) -> pb.Deployment:
+        """Apply the deployment's next scripted step, if any (one per read)."""
+        with self.lock:
+            steps = self.deployment_steps.get(d.id)
+            if not steps:
+                return d
+            step = steps.pop(0)
+            idx = self.next_index()
+            for name, values in step.groups.items():
+                _set_fields(d.task_groups[name], values)
+            if step.status:
+                d.status = step.status
+            if step.description:
+                d.status_description = step.description
+            if step.status == "successful":
+                self.mark_stable(d.job_id, d.job_version)
+            if step.revert_to is not None:
+                d.status_description += f" - rolling back to job version {step.revert_to}"
+                self.revert(d.job_id, step.revert_to)
+            d.modify_index = idx
+            return d
+
+    def mark_stable(self, job_id: str, version: int) -> None:
+        with self.lock:
+            for v in self.jobs.get(job_id, []):
+                if v.version == version:
+                    v.stable = True
+
+    def promote_deployment(
+        self, deployment_id: str, groups: list[str]
+    ) -> pb.DeploymentWriteResponse:
+        with self.lock:
+            d = _prefix_lookup(self.deployments, deployment_id, "deployment")
+            if d.status != "running":
+                raise _Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"deployment {d.id[:8]} is {d.status}: only running ones promote",
+                )
+            if not any(g.desired_canaries for g in d.task_groups.values()):
+                raise _Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"deployment {d.id[:8]} has no canaries to promote",
+                )
+            idx = self.next_index()
+            for name, state in d.task_groups.items():
+                if not groups or name in groups:
+                    state.promoted = True
+            d.modify_index = idx
+            ev = self._new_eval(self.job(d.job_id), "deployment-promotion", idx)
+            ev.deployment_id = d.id
+            return pb.DeploymentWriteResponse(eval_id=ev.id, index=idx)
+
+    def fail_deployment(self, deployment_id: str) -> pb.DeploymentWriteResponse:
+        """As the server: failed, and with auto_revert the newest other stable
+        version registered again."""
+        with self.lock:
+            d = _prefix_lookup(self.deployments, deployment_id, "deployment")
+            if d.status != "running":
+                raise _Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"deployment {d.id[:8]} is already {d.status}",
+                )
+            idx = self.next_index()
+            d.status = "failed"
+            d.status_description = "Deployment marked as failed"
+            d.modify_index = idx
+            self.deployment_steps.pop(d.id, None)
+            job = self.job(d.job_id)
+            reverted = ""
+            target = None
+            if any(g.auto_revert for g in d.task_groups.values()):
+                target = next(
+                    (
+                        v
+                        for v in reversed(self.jobs[d.job_id])
+                        if v.stable and v.version != job.version
+                    ),
+                    None,
+                )
+            if target is not None:
+                reverted = str(target.version)
+                d.status_description += f" - rolling back to job version {reverted}"
+                ev = self.revert(d.job_id, target.version)
+            else:
+                ev = self._new_eval(job, "deployment-watcher", idx)
+            return pb.DeploymentWriteResponse(
+                eval_id=ev.id, index=idx, reverted_job_version=reverted
+            )
+
     def deregister(self, job_id: str, purge: bool) -> pb.Evaluation:
         with self.lock:
             job = self.job(job_id)
@@ -520,6 +706,15 @@ class _Abort(Exception):
         super().__init__(details)
         self.code = code
         self.details = details
+
+
+def _set_fields(state: pb.DeploymentState, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if key == "placed_canaries":
+            del state.placed_canaries[:]
+            state.placed_canaries.extend(value)
+        else:
+            setattr(state, key, value)
 
 
 def _without_count(group: pb.TaskGroup) -> bytes:
@@ -885,6 +1080,50 @@ class _Nodes(rpc.NodeServiceServicer):
         return pb.WriteResponse(index=self.state.set_drain(request))
 
 
+class _Deployments(rpc.DeploymentServiceServicer):
+    def __init__(self, state: FakeState) -> None:
+        self.state = state
+
+    @_handles
+    def List(self, request: pb.DeploymentListRequest, context: Any) -> pb.DeploymentListResponse:
+        with self.state.lock:
+            deps = [
+                _copy_deployment(d)
+                for d in self.state.deployments.values()
+                if not request.job_id or d.job_id == request.job_id
+            ]
+            deps.sort(key=lambda d: d.create_index, reverse=True)
+            return pb.DeploymentListResponse(
+                deployments=deps, meta=pb.QueryMeta(index=self.state.index, known_leader=True)
+            )
+
+    @_handles
+    def Get(self, request: pb.DeploymentGetRequest, context: Any) -> pb.DeploymentGetResponse:
+        with self.state.lock:
+            d = _prefix_lookup(self.state.deployments, request.deployment_id, "deployment")
+            d = self.state.read_deployment(d)
+            return pb.DeploymentGetResponse(
+                deployment=_copy_deployment(d),
+                meta=pb.QueryMeta(index=self.state.index, known_leader=True),
+            )
+
+    @_handles
+    def Promote(
+        self, request: pb.DeploymentPromoteRequest, context: Any
+    ) -> pb.DeploymentWriteResponse:
+        return self.state.promote_deployment(request.deployment_id, list(request.groups))
+
+    @_handles
+    def Fail(self, request: pb.DeploymentFailRequest, context: Any) -> pb.DeploymentWriteResponse:
+        return self.state.fail_deployment(request.deployment_id)
+
+
+def _copy_deployment(d: pb.Deployment) -> pb.Deployment:
+    copy = pb.Deployment()
+    copy.CopyFrom(d)
+    return copy
+
+
 class _Status(rpc.StatusServiceServicer):
     def __init__(self, state: FakeState, address: str) -> None:
         self.state = state
@@ -990,6 +1229,7 @@ class FakeServer:
         rpc.add_NodeServiceServicer_to_server(_Nodes(self.state), self._server)
         rpc.add_StatusServiceServicer_to_server(_Status(self.state, self.address), self._server)
         rpc.add_OperatorServiceServicer_to_server(_Operator(self.state), self._server)
+        rpc.add_DeploymentServiceServicer_to_server(_Deployments(self.state), self._server)
         self._server.add_insecure_port(self.address)
 
     def start(self) -> FakeServer:
