@@ -383,7 +383,57 @@ def revert(ctx: click.Context, job_id: str, version: int, detach: bool, verbose:
     if detach:
         click.echo(f"Evaluation ID: {resp.eval_id}")
         return
-    ctx.exit(monitor.monitor_eval(client, resp.eval_id, verbose=verbose))
+    ctx.exit(monitor.monitor_register(client, target.id, resp, verbose=verbose))
+
+
+# ---------------------------------------------------------------- restart
+
+RESTART_META = "corral.restart"
+
+
+@job.command("restart")
+@click.argument("job_id", metavar="JOB")
+@click.option("--group", "groups", multiple=True, help="Only these groups (repeatable).")
+@click.option("--detach", "-detach", is_flag=True, help="Return after submitting; do not monitor.")
+@verbose_option
+@click.pass_context
+def restart(
+    ctx: click.Context, job_id: str, groups: tuple[str, ...], detach: bool, verbose: bool
+) -> None:
+    """Restart every allocation of JOB as a rolling update, with no spec change.
+
+    corral registers the job again with a fresh ``corral.restart`` group meta value:
+    a destructive change, so the allocations are replaced through the group's
+    ``update`` block (``max_parallel`` at a time, each new one healthy before the
+    next, old ones deregistered before they stop): a restart without downtime.
+    Groups without an ``update`` block are replaced all at once, as Nomad would.
+    Exit codes as ``job run``.
+    """
+    import time as _time
+
+    client = get_client(ctx)
+    target = resolve_job(client, job_id)
+    names = [g.name for g in target.task_groups]
+    unknown = [g for g in groups if g not in names]
+    if unknown:
+        raise click.ClickException(
+            f'job "{target.id}" has no task group {", ".join(repr(u) for u in unknown)}; '
+            "its groups: " + ", ".join(names)
+        )
+    if target.stop:
+        raise click.ClickException(f'job "{target.id}" is stopped; run it first')
+    job = pb.Job()
+    job.CopyFrom(target)
+    stamp = str(_time.time_ns())
+    for group in job.task_groups:
+        if not groups or group.name in groups:
+            group.meta[RESTART_META] = stamp
+    resp = client.register_job(job, enforce_index=True, job_modify_index=target.job_modify_index)
+    _warnings(resp.warnings)
+    if detach:
+        click.echo(f"Evaluation ID: {resp.eval_id}")
+        return
+    ctx.exit(monitor.monitor_register(client, target.id, resp, verbose=verbose))
 
 
 # ---------------------------------------------------------------- scale
@@ -441,4 +491,4 @@ def scale(
         if resp.eval_id:
             click.echo(f"Evaluation ID: {resp.eval_id}")
         return
-    ctx.exit(monitor.monitor_eval(client, resp.eval_id, verbose=verbose))
+    ctx.exit(monitor.monitor_register(client, target.id, resp, verbose=verbose))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 NOT_YET_SUPPORTED: frozenset[str] = frozenset(
     {
-        "update",
         "template",
         "artifact",
         "volume",

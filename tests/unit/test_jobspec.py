@@ -758,7 +758,16 @@ def test_not_yet_supported_is_one_frozenset() -> None:
     """The real gate: a frozenset that no longer names what corral runs."""
     real = REAL_GATE
     assert isinstance(real, frozenset)
-    implemented = {"constraint", "affinity", "spread", "migrate", "reschedule", "service", "check"}
+    implemented = {
+        "constraint",
+        "affinity",
+        "spread",
+        "migrate",
+        "reschedule",
+        "service",
+        "check",
+        "update",
+    }
     assert not (real & implemented)
     assert {"template", "vault", "volume"} <= real
 
