@@ -33,7 +33,7 @@ def rolling(job: pb.Job, group: pb.TaskGroup) -> bool:
 
 
 def is_canary(alloc: pb.Allocation) -> bool:
-    return alloc.HasField("deployment_status") and alloc.deployment_status.canary
+    return bool(alloc.HasField("deployment_status") and alloc.deployment_status.canary)
 
 
 def find_deployment(deployments: list[pb.Deployment], job: pb.Job) -> pb.Deployment | None:
