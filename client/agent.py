@@ -4,6 +4,8 @@ Threads, each with one job:
 * heartbeat: keeps the node alive within the TTL the server hands out;
 * watch: one gRPC server stream of the node's allocations; reconciles runners;
 * reporter: batches allocation status changes to the server every 200 ms;
+* service-sync: reports service registrations (``client/services.py``), batched and
+  only on change; check-timers (+ a small pool) runs every service check;
 * ClientService gRPC server: logs for ``corral alloc logs`` (proxied by servers).
 
 State (node identity and every alloc runner's task handles) is saved under the
@@ -12,6 +14,7 @@ data dir so that a restarted client reattaches to tasks that kept running.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +32,7 @@ from corral.client.drivers import load_drivers
 from corral.client.drivers.base import Driver
 from corral.client.fingerprint import fingerprint_node
 from corral.client.logs import ClientLogService
+from corral.client.services import Scheduler, ServiceRegistry, ServiceRuntime
 from corral.proto import pb, rpc
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,7 @@ class ClientAgent:
         self._threads: list[threading.Thread] = []
         self.heartbeat_ttl = 10.0
         self.registered = threading.Event()
+        self.services = ServiceRuntime(ServiceRegistry(self._send_services), Scheduler())
 
     # ------------------------------------------------------------ identity
     def _load_identity(self) -> pb.Node:
@@ -122,6 +127,7 @@ class ClientAgent:
             for r in runners:
                 r.wait(timeout=35)
             self._flush_updates()
+        self.services.stop()
         self._stop.set()
         with self._dirty_cond:
             self._dirty_cond.notify_all()
@@ -133,9 +139,7 @@ class ClientAgent:
 
     def _start_rpc_server(self) -> None:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-        rpc.add_ClientServiceServicer_to_server(
-            ClientLogService(self._alloc_root_of, self._task_names_of), server
-        )
+        rpc.add_ClientServiceServicer_to_server(_ClientRPC(self), server)
         port = server.add_insecure_port(f"{self.config.advertise_ip}:{self.config.rpc_port}")
         server.start()
         self._grpc_server = server
@@ -171,11 +175,17 @@ class ClientAgent:
 
     def _register_and_heartbeat(self) -> None:
         backoff = 0.2
+        registrations = 0
         while not self._stop.is_set():
             stub = rpc.NodeServiceStub(self._stub_channel())
             try:
                 if not self.registered.is_set():
                     resp = stub.Register(pb.NodeRegisterRequest(node=self.node), timeout=10)
+                    if registrations:
+                        # Registered again (the servers forgot this node): they may
+                        # have lost its service registrations too.
+                        self.services.registry.resync()
+                    registrations += 1
                     self.registered.set()
                     log.info("node %s registered", self.node.id)
                 else:
@@ -239,6 +249,8 @@ class ClientAgent:
                     alloc.alloc_modify_index != runner.alloc.alloc_modify_index
                     or alloc.desired_status != runner.alloc.desired_status
                     or alloc.job_version != runner.alloc.job_version
+                    # A promoted canary turns into a regular instance (its tags change).
+                    or alloc.deployment_status.canary != runner.alloc.deployment_status.canary
                 ):
                     runner.update(alloc)
                     self._mark_dirty(runner)
@@ -255,10 +267,15 @@ class ClientAgent:
             with self._runners_lock:
                 self.runners.pop(runner.alloc.id, None)
             self._remove_state(runner.alloc.id)
+            self.services.registry.forget_alloc(runner.alloc.id)
 
-    def _start_runner(self, alloc: pb.Allocation, restored: dict[str, object] | None = None) -> None:
+    def _start_runner(
+        self, alloc: pb.Allocation, restored: dict[str, object] | None = None
+    ) -> None:
         root = os.path.join(self.alloc_dir, alloc.id)
-        runner = AllocRunner(alloc, self.node, self.drivers, root, self._mark_dirty, restored)
+        runner = AllocRunner(
+            alloc, self.node, self.drivers, root, self._mark_dirty, restored, services=self.services
+        )
         with self._runners_lock:
             self.runners[alloc.id] = runner
         runner.start()
@@ -320,6 +337,25 @@ class ClientAgent:
                 self._dirty |= ids  # nothing reported is lost: retry
             self._failover()
 
+    def _send_services(
+        self,
+        upserts: list[pb.ServiceRegistration],
+        delete_ids: list[str],
+        delete_alloc_ids: list[str],
+    ) -> None:
+        """One ``UpdateServices`` call (the registry retries when it raises)."""
+        self.registered.wait(10)
+        rpc.NodeServiceStub(self._stub_channel()).UpdateServices(
+            pb.NodeServicesRequest(
+                node_id=self.node.id,
+                secret_id=self.node.secret_id,
+                upserts=upserts,
+                delete_ids=delete_ids,
+                delete_alloc_ids=delete_alloc_ids,
+            ),
+            timeout=10,
+        )
+
     # ------------------------------------------------------------ persistence
     def _save(self, runner: AllocRunner) -> None:
         path = os.path.join(self.state_dir, "allocs", f"{runner.alloc.id}.json")
@@ -333,10 +369,43 @@ class ClientAgent:
             self._save(r)
 
     def _remove_state(self, alloc_id: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(self.state_dir, "allocs", f"{alloc_id}.json"))
-        except FileNotFoundError:
-            pass
+
+
+class _ClientRPC(ClientLogService):
+    """ClientService, reached through the servers: logs (``client/logs.py``) and
+    in-place restarts (``corral alloc restart``)."""
+
+    def __init__(self, agent: ClientAgent) -> None:
+        super().__init__(agent._alloc_root_of, agent._task_names_of)
+        self._agent = agent
+
+    def Restart(
+        self, request: pb.AllocRestartRequest, context: grpc.ServicerContext
+    ) -> pb.AllocRestartResponse:
+        with self._agent._runners_lock:
+            runner = self._agent.runners.get(request.alloc_id)
+        if runner is None or runner.killed:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND, f"allocation {request.alloc_id} is not running here"
+            )
+        assert runner is not None
+        if request.task and request.task not in runner.tasks:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f'no task "{request.task}" in allocation {request.alloc_id[:8]}; its tasks: '
+                + ", ".join(sorted(runner.tasks)),
+            )
+        names = [request.task] if request.task else list(runner.tasks)
+        restarted = [n for n in names if runner.tasks[n].restart("User requested restart")]
+        if not restarted:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"task {request.task or '(all)'} of allocation {request.alloc_id[:8]} is not"
+                " running",
+            )
+        return pb.AllocRestartResponse()
 
 
 def _write_json(path: str, data: object) -> None:

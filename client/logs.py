@@ -23,10 +23,14 @@ class ClientLogService(rpc.ClientServiceServicer):
         self._alloc_root = alloc_root
         self._task_names = task_names
 
-    def Logs(self, request: pb.AllocLogsRequest, context: grpc.ServicerContext) -> Iterator[pb.LogChunk]:
+    def Logs(
+        self, request: pb.AllocLogsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.LogChunk]:
         root = self._alloc_root(request.alloc_id)
         if root is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"allocation {request.alloc_id} is not on this node")
+            context.abort(
+                grpc.StatusCode.NOT_FOUND, f"allocation {request.alloc_id} is not on this node"
+            )
         assert root is not None
         tasks = self._task_names(request.alloc_id)
         task = request.task

@@ -35,6 +35,14 @@ MAX_EVENTS = 10
 MAX_KILL_TIMEOUT = 30.0  # the client's max_kill_timeout
 
 
+class _RestartRequest:
+    """``_wait`` returns this when ``restart()`` was asked for."""
+
+    def __init__(self, reason: str, failure: bool) -> None:
+        self.reason = reason
+        self.failure = failure
+
+
 @dataclass
 class TaskPaths:
     alloc_dir: str
@@ -74,6 +82,7 @@ class TaskRunner:
         self.state = pb.TaskState(state=structs.TASK_STATE_PENDING)
         self.handle: TaskHandle | None = None
         self._kill = threading.Event()
+        self._restart_req: _RestartRequest | None = None
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         group = structs.group_by_name(alloc.job, alloc.task_group)
@@ -100,6 +109,22 @@ class TaskRunner:
     def kill(self) -> None:
         """Ask the task to stop (kill_signal, then kill_timeout, then SIGKILL)."""
         self._kill.set()
+
+    def restart(self, reason: str, failure: bool = False) -> bool:
+        """Stop the running task (kill_signal, kill_timeout) and start it again.
+
+        ``failure=False`` (a user's restart) restarts at once and is not counted by
+        the restart policy; ``failure=True`` (``check_restart``) goes through the
+        policy like an exit: its delay applies, and an exhausted policy fails the
+        task (Nomad's ``SetRestartTriggered(failure)``). Both count in
+        ``TaskState.restarts``. False when the task is not running.
+        """
+        with self._lock:
+            if self.dead or self._kill.is_set() or self.handle is None:
+                return False
+            if self._restart_req is None:
+                self._restart_req = _RestartRequest(reason, failure)
+        return True
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
@@ -185,6 +210,10 @@ class TaskRunner:
             result = self._wait()
             if result is None:  # killed
                 return
+            if isinstance(result, _RestartRequest):
+                if not self._restart_signaled(result):
+                    return
+                continue
             verdict = self.restarts.on_exit(time.time_ns(), result.successful)
             msg = f"Exit Code: {result.exit_code}"
             if result.signal:
@@ -210,6 +239,37 @@ class TaskRunner:
             if not self._restart_delay(verdict.delay_ns):
                 return
 
+    def _restart_signaled(self, req: _RestartRequest) -> bool:
+        """Carry out ``restart()``: stop the task, then (after the policy's delay for
+        a failure restart) let the loop start it again. False when the task ended."""
+        self._event(structs.EVENT_RESTART_SIGNAL, req.reason)
+        assert self.driver is not None and self.handle is not None
+        timeout, signal = self._kill_params()
+        try:
+            self.driver.stop_task(self.handle, timeout, signal)
+            result = self.driver.wait_task(self.handle, timeout=1.0)
+        except DriverError as exc:
+            result = ExitResult(exit_code=-1, err=str(exc))
+        if result is not None:
+            msg = f"Exit Code: {result.exit_code}"
+            if result.signal:
+                msg += f", Signal: {result.signal}"
+            self._event(
+                structs.EVENT_TERMINATED, msg, exit_code=result.exit_code, signal=result.signal
+            )
+        self._destroy()
+        with self._lock:
+            self._restart_req = None
+        delay = 0
+        if req.failure:
+            verdict = self.restarts.on_exit(time.time_ns(), successful=False)
+            if verdict.action == FAIL:
+                self._event(structs.EVENT_NOT_RESTARTING, verdict.reason, fails_task=True)
+                self._set_state(structs.TASK_STATE_DEAD, failed=True)
+                return False
+            delay = verdict.delay_ns
+        return self._restart_delay(delay)
+
     def _restart_delay(self, delay_ns: int) -> bool:
         self._event(
             structs.EVENT_RESTARTING,
@@ -219,6 +279,9 @@ class TaskRunner:
         with self._lock:
             self.state.restarts += 1
             self.state.last_restart = time.time_ns()
+        # Not running while it waits to restart (Nomad shows the task pending).
+        if self.state.state == structs.TASK_STATE_RUNNING:
+            self._set_state(structs.TASK_STATE_PENDING)
         if self._kill.wait(delay_ns / 1e9):
             self._set_state(structs.TASK_STATE_DEAD, failed=False)
             return False
@@ -250,13 +313,17 @@ class TaskRunner:
         self._event(structs.EVENT_STARTED, "Task started by client")
         return True
 
-    def _wait(self) -> ExitResult | None:
-        """Wait for exit; on a kill request stop the task and return None."""
+    def _wait(self) -> ExitResult | _RestartRequest | None:
+        """Wait for exit; on a kill request stop the task and return None; on a
+        restart request return it (the task still runs)."""
         assert self.driver is not None and self.handle is not None
         while True:
             if self._kill.is_set():
                 self._stop_task()
                 return None
+            req = self._restart_req
+            if req is not None:
+                return req
             try:
                 result = self.driver.wait_task(self.handle, timeout=0.25)
             except DriverError as exc:
@@ -264,11 +331,19 @@ class TaskRunner:
             if result is not None:
                 return result
 
+    def _kill_params(self) -> tuple[float, str]:
+        timeout = min(
+            self.task.kill_timeout / 1e9 if self.task.kill_timeout else 5.0, MAX_KILL_TIMEOUT
+        )
+        signal = self.task.kill_signal or ("SIGTERM" if self.task.driver == "docker" else "SIGINT")
+        return timeout, signal
+
     def _stop_task(self) -> None:
         assert self.driver is not None and self.handle is not None
-        timeout = min(self.task.kill_timeout / 1e9 if self.task.kill_timeout else 5.0, MAX_KILL_TIMEOUT)
-        signal = self.task.kill_signal or ("SIGTERM" if self.task.driver == "docker" else "SIGINT")
-        self._event(structs.EVENT_KILLING, f"Sent interrupt. Waiting {timeout:g}s before force killing")
+        timeout, signal = self._kill_params()
+        self._event(
+            structs.EVENT_KILLING, f"Sent interrupt. Waiting {timeout:g}s before force killing"
+        )
         try:
             self.driver.stop_task(self.handle, timeout, signal)
         except DriverError as exc:
@@ -291,7 +366,9 @@ class TaskRunner:
         self._destroy()
 
     def _task_config(self) -> TaskConfig:
-        env = taskenv.build_env(self.alloc, self.task, self.node, self.paths.alloc_dir, self.paths.task_dir)
+        env = taskenv.build_env(
+            self.alloc, self.task, self.node, self.paths.alloc_dir, self.paths.task_dir
+        )
         node_vars = taskenv.node_variables(self.node)
         config = struct_to_python(self.task.config) if self.task.HasField("config") else {}
         config = taskenv.interpolate(config, env, node_vars)

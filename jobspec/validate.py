@@ -435,7 +435,9 @@ def _services(out: _Problems, where: Key, services: Iterable[pb.Service], labels
     service_names = [s.name for s in services]
     for i, svc in enumerate(services):
         swhere = where + (item_label("service", service_names, i),)
-        if svc.name and "${" not in svc.name and not _DNS_LABEL.fullmatch(svc.name):
+        if not svc.name:
+            out.add(swhere, "service has no name: set name (a DNS label)", ("name",))
+        elif "${" not in svc.name and not _DNS_LABEL.fullmatch(svc.name):
             out.add(
                 swhere,
                 f'name "{svc.name}" must be a valid DNS label (letters, digits and dashes,'

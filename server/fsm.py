@@ -449,14 +449,15 @@ class FSM:
                 stored = txn.t.allocs.get(alloc.id)
                 if stored is None or stored.create_index != txn.index:
                     continue  # not placed by this very plan
-                d = touched.get(alloc.deployment_id)
-                if d is None:
+                found = touched.get(alloc.deployment_id)
+                if found is None:
                     existing = txn.t.deployments.get(alloc.deployment_id)
                     if existing is None:
                         continue
-                    d = pb.Deployment()
-                    d.CopyFrom(existing)
-                    touched[d.id] = d
+                    found = pb.Deployment()
+                    found.CopyFrom(existing)
+                    touched[found.id] = found
+                d = found
                 group = d.task_groups[alloc.task_group]
                 group.placed_allocs += 1
                 if alloc.deployment_status.canary:

@@ -16,6 +16,7 @@ the same view, so an instance turning critical is a deregistration.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -725,7 +726,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         url = urlparse(self.path)
         if method == "GET" and url.path.rstrip("/") == "/v1/event/stream":
-            self.owner.stream_events(self, parse_qs(url.query))
+            # OSError: the client went away before the stream began.
+            with contextlib.suppress(OSError):
+                self.owner.stream_events(self, parse_qs(url.query))
             self.close_connection = True
             return
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
