@@ -175,6 +175,57 @@ def ports():
     return 0
 
 
+def through_proxy():
+    """GET the proxy until every instance answered (or 20 s): print each answer."""
+    url, want, host = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    seen = {}
+    deadline = time.monotonic() + 20
+    while len(seen) < want and time.monotonic() < deadline:
+        try:
+            req = urllib.request.Request(url, headers={"Host": host})
+            with urllib.request.urlopen(req, timeout=3) as resp:
+                body = resp.read(4096).decode(errors="replace").strip()
+                seen.setdefault(body, resp.status)
+        except Exception:
+            time.sleep(0.2)
+    for body, status in seen.items():
+        print(f"  GET {url} -> {status} {body[:100]}")
+    return 0 if len(seen) >= want else 1
+
+
+def traffic():
+    """Requests through the proxy without pause until the stop file appears (at most
+    10 minutes, loopback only); prints "N requests, F failed" (5xx and connection
+    errors count as failed) and the versions seen."""
+    import http.client
+
+    url, stop_file, vhost = sys.argv[2], sys.argv[3], sys.argv[4]
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    sent = failed = 0
+    versions = {}
+    deadline = time.monotonic() + 600
+    import os
+
+    while not os.path.exists(stop_file) and time.monotonic() < deadline:
+        sent += 1
+        try:
+            conn = http.client.HTTPConnection(host, int(port), timeout=5)
+            conn.request("GET", "/", headers={"Host": vhost})
+            resp = conn.getresponse()
+            body = resp.read().decode(errors="replace")
+            conn.close()
+            if resp.status >= 300:
+                failed += 1
+            else:
+                words = body.split()
+                v = words[1] if len(words) > 1 else "?"
+                versions[v] = versions.get(v, 0) + 1
+        except Exception:
+            failed += 1
+    print(f"{sent} requests, {failed} failed (answers by version: {versions})")
+    return 0 if failed == 0 else 1
+
+
 sys.exit(globals()[sys.argv[1].replace("-", "_")]())
 EOF
 
@@ -192,14 +243,23 @@ allocs_running() {
 
 allocs_stopped() { "$CORRAL" job status "$JOB" --json 2>/dev/null | "$PY" "$HELPER" allocs-stopped; }
 
+curl_ok() { "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" >/dev/null 2>&1; }
+
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
 	if ((JOB_RUNNING)) && agent_alive; then
-		"$CORRAL" job stop "$JOB" >/dev/null 2>&1 || true
-		local deadline=$((SECONDS + 30))
-		until allocs_stopped || ((SECONDS >= deadline)); do sleep 0.5; done
+		# A client that is not --dev leaves tasks running when it stops (as Nomad):
+		# stop every job this demo may have started first.
+		local j
+		for j in rolling traefik "$JOB"; do
+			"$CORRAL" job stop "$j" >/dev/null 2>&1 || continue
+			JOB="$j"
+			local deadline=$((SECONDS + 30))
+			until allocs_stopped || ((SECONDS >= deadline)); do sleep 0.5; done
+		done
 	fi
+	[[ -z "${LOAD_PID:-}" ]] || kill "$LOAD_PID" 2>/dev/null || true
 	local pid deadline
 	for pid in $AGENT_PID "${SERVER_PIDS[@]}"; do
 		kill -TERM "$pid" 2>/dev/null || true
@@ -259,12 +319,12 @@ if ((SERVERS > 1)); then
 			>"$WORK/server$i.log" 2>&1 </dev/null &
 		SERVER_PIDS+=($!)
 	done
-	setsid "$CORRAL" agent --client --data-dir "$WORK/client" --bind 127.0.0.1 \
+	PATH="$VENV/bin:$PATH" setsid "$CORRAL" agent --client --data-dir "$WORK/client" --bind 127.0.0.1 \
 		--servers "$(IFS=,; echo "${RPC[*]}")" >"$WORK/client.log" 2>&1 </dev/null &
 	AGENT_PID=$!
 else
 	say "starting a dev agent: corral agent --dev (gRPC $CORRAL_ADDR, HTTP 127.0.0.1:${PORTS[0]}, log $AGENT_LOG)"
-	setsid "$CORRAL" agent --dev --data-dir "$WORK/data" --bind 127.0.0.1 \
+	PATH="$VENV/bin:$PATH" setsid "$CORRAL" agent --dev --data-dir "$WORK/data" --bind 127.0.0.1 \
 		--http-port "${PORTS[0]}" --rpc-port "${PORTS[1]}" --raft-port "${PORTS[2]}" \
 		>"$AGENT_LOG" 2>&1 </dev/null &
 	AGENT_PID=$!
@@ -293,4 +353,45 @@ say "\$ corral job stop $JOB"
 "$CORRAL" job stop "$JOB"
 poll 60 "the allocations of $JOB to stop" allocs_stopped
 JOB_RUNNING=0
-say "done: the job ran, answered and stopped; stopping the agents"
+if [[ "$JOBFILE" == "$ROOT/examples/hello.hcl" && -x "$VENV/bin/traefik" ]]; then
+	# Traefik as a system job (raw_exec), pointed at the first server's HTTP API.
+	read -r -a PROXY < <("$PY" "$HELPER" ports 1 </dev/null)
+	WEB_PORT="${PROXY[0]}" ADMIN_PORT="${PROXY[1]}"
+	sed -e "s#http://127.0.0.1:4646#http://127.0.0.1:${PORTS[0]}#" \
+		-e "s/static = 8080/static = $WEB_PORT/" -e "s/static = 8081/static = $ADMIN_PORT/" \
+		"$ROOT/examples/traefik.hcl" >"$WORK/traefik.hcl"
+	say "\$ corral job run examples/traefik.hcl   (Traefik on 127.0.0.1:$WEB_PORT, stock Nomad provider)"
+	JOB=traefik JOB_RUNNING=1
+	timeout 120 "$CORRAL" job run "$WORK/traefik.hcl"
+	poll 60 "Traefik to answer /ping" curl_ok "http://127.0.0.1:$ADMIN_PORT/ping"
+	TRAEFIK_UP=1
+
+	say "\$ corral job run examples/rolling.hcl   (4 instances, update max_parallel = 1)"
+	JOB=rolling
+	timeout 300 "$CORRAL" job run "$ROOT/examples/rolling.hcl"
+	say "through Traefik (Host: rolling.localhost):"
+	"$PY" "$HELPER" through-proxy "http://127.0.0.1:$WEB_PORT/" 4 rolling.localhost
+
+	say "rolling update v1 -> v2 while requests flow without pause:"
+	sed 's/VERSION = "v1"/VERSION = "v2"/' "$ROOT/examples/rolling.hcl" >"$WORK/rolling-v2.hcl"
+	"$PY" "$HELPER" traffic "http://127.0.0.1:$WEB_PORT/" "$WORK/stop-load" rolling.localhost >"$WORK/load.out" 2>&1 &
+	LOAD_PID=$!
+	poll 30 "the load generator to start" test -e /proc/$LOAD_PID
+	say "\$ corral job run rolling-v2.hcl"
+	DEPLOY_RC=0
+	timeout 300 "$CORRAL" job run "$WORK/rolling-v2.hcl" || DEPLOY_RC=$?
+	touch "$WORK/stop-load"
+	LOAD_RC=0
+	wait "$LOAD_PID" || LOAD_RC=$?
+	say "$(cat "$WORK/load.out")"
+	((DEPLOY_RC == 0)) || die "the rolling update did not succeed (exit $DEPLOY_RC)"
+	((LOAD_RC == 0)) || die "requests failed during the rolling update"
+	"$CORRAL" job stop rolling >/dev/null
+	poll 60 "the allocations of rolling to stop" allocs_stopped
+	JOB=traefik
+	"$CORRAL" job stop traefik >/dev/null
+	poll 60 "Traefik to stop" allocs_stopped
+	JOB_RUNNING=0
+fi
+
+say "done: the jobs ran, answered and stopped; stopping the agents"
