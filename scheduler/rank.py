@@ -9,6 +9,7 @@ plan applier uses the same class to re-check a plan against the latest state.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from corral import structs
@@ -128,6 +129,23 @@ class NodeUsage:
         self._host_ip: str | None = None
         for port in ports_used or ():
             self._take_port(port)
+
+    @classmethod
+    def from_totals(
+        cls,
+        node: pb.Node,
+        totals: tuple[int, int, frozenset[int]],
+        minus: Iterable[pb.Allocation] = (),
+    ) -> NodeUsage:
+        """The node's usage from the state store's running totals, minus the live
+        allocations in ``minus`` (those the plan stops). O(ports), not O(allocations)."""
+        res = node.node_resources
+        cpu, mem, ports = totals
+        usage = cls(node, int(res.cpu.cpu_shares), int(res.memory.memory_mb), cpu, mem, set(ports))
+        for alloc in minus:
+            if not structs.is_alloc_terminal(alloc):
+                usage.remove(alloc)
+        return usage
 
     @classmethod
     def of(

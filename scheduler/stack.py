@@ -165,7 +165,11 @@ class Placer:
         self.live: list[tuple[str, str, str]] = []  # (group, node ID, alloc ID)
         self.job_on_node: dict[str, int] = {}
         self.group_on_node: dict[str, dict[str, int]] = {}
+        # Allocations this plan stops, by node: subtracted from the state's usage totals.
+        self._stopped_on: dict[str, dict[str, pb.Allocation]] = {}
         for alloc in job_allocs:
+            if alloc.id in stopped:
+                self._stopped_on.setdefault(alloc.node_id, {})[alloc.id] = alloc
             if structs.is_alloc_terminal(alloc) or alloc.id in stopped:
                 continue
             self.live.append((alloc.task_group, alloc.node_id, alloc.id))
@@ -201,7 +205,12 @@ class Placer:
         u = self.usages[i]
         if u is None:
             node = self.pool[i]
-            u = NodeUsage.of(node, self.state.allocs_by_node(node.id), self.stopped)
+            totals = getattr(self.state, "node_usage", None)
+            if totals is not None:
+                stopped = self._stopped_on.get(node.id, {}).values()
+                u = NodeUsage.from_totals(node, totals(node.id), stopped)
+            else:
+                u = NodeUsage.of(node, self.state.allocs_by_node(node.id), self.stopped)
             self.usages[i] = u
         return u
 
@@ -222,6 +231,7 @@ class Placer:
         if alloc.id in self.stopped:
             return
         self.stopped.add(alloc.id)
+        self._stopped_on.setdefault(alloc.node_id, {})[alloc.id] = alloc
         if structs.is_alloc_terminal(alloc):
             return
         i = self.pos.get(alloc.node_id)
@@ -240,6 +250,7 @@ class Placer:
         if alloc.id not in self.stopped:
             return
         self.stopped.discard(alloc.id)
+        self._stopped_on.get(alloc.node_id, {}).pop(alloc.id, None)
         if structs.is_alloc_terminal(alloc):
             return
         i = self.pos.get(alloc.node_id)

@@ -124,10 +124,19 @@ def evaluate_plan(state: StateStore, plan: pb.Plan) -> tuple[pb.Plan, list[str]]
             else:
                 rejected.append(node_id)
             continue
-        stopping = {a.id for a in plan.node_update.get(node_id, pb.AllocList()).allocs}
-        existing = [a for a in snap.allocs_by_node(node_id) if a.id not in stopping]
+        # Follow-up markers (desired status still "run") free nothing.
+        stopping = {
+            a.id
+            for a in plan.node_update.get(node_id, pb.AllocList()).allocs
+            if a.desired_status != "run"
+        }
         updating = {a.id for a in alloc_list.allocs}
-        usage = NodeUsage.of(node, [a for a in existing if a.id not in updating])
+        minus = [
+            a
+            for a in (snap.alloc(i) for i in stopping | updating)
+            if a is not None and a.node_id == node_id
+        ]
+        usage = NodeUsage.from_totals(node, snap.node_usage(node_id), minus)
         ok = True
         for alloc in alloc_list.allocs:
             cpu = sum(int(t.cpu.cpu_shares) for t in alloc.allocated_resources.tasks.values())

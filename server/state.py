@@ -23,11 +23,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from corral import structs
 from corral.proto import pb
+from corral.scheduler.rank import footprint
 
 JobKey = tuple[str, str]  # (namespace, job id)
 
 _K = TypeVar("_K", str, tuple[str, str])
+_NO_USAGE: tuple[int, int, frozenset[int]] = (0, 0, frozenset())
 
 TABLES = ("jobs", "nodes", "allocs", "evals", "deployments", "services", "servers")
 
@@ -52,6 +55,10 @@ class Tables:
     services_by_name: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     # Server agents by raft address: how to reach each one's gRPC and HTTP.
     servers: dict[str, pb.ServerMember] = field(default_factory=dict)
+    # What the live allocations of each node use: (cpu MHz, memory MB, host ports).
+    # Maintained on every allocation write, so that the scheduler and the plan
+    # applier read a node's usage in O(1) instead of summing its allocations.
+    node_usage: dict[str, tuple[int, int, frozenset[int]]] = field(default_factory=dict)
 
     def copy(self) -> Tables:
         return Tables(
@@ -69,6 +76,7 @@ class Tables:
             services=dict(self.services),
             services_by_name=dict(self.services_by_name),
             servers=dict(self.servers),
+            node_usage=dict(self.node_usage),
         )
 
 
@@ -151,6 +159,10 @@ class StateReader:
 
     def servers(self) -> list[pb.ServerMember]:
         return list(self._t.servers.values())
+
+    def node_usage(self, node_id: str) -> tuple[int, int, frozenset[int]]:
+        """(cpu MHz, memory MB, host ports) used by the node's live allocations."""
+        return self._t.node_usage.get(node_id, _NO_USAGE)
 
     def server(self, raft_address: str) -> pb.ServerMember | None:
         return self._t.servers.get(raft_address)
@@ -306,9 +318,20 @@ class _WriteTxn:
         self.touch("nodes")
 
     # allocations -------------------------------------------------------
+    def _account(self, old: pb.Allocation | None, new: pb.Allocation | None) -> None:
+        """Move an allocation's footprint in or out of its node's usage totals."""
+        for alloc, sign in ((old, -1), (new, 1)):
+            if alloc is None or structs.is_alloc_terminal(alloc):
+                continue
+            cpu, mem, ports = footprint(alloc)
+            c, m, p = self.t.node_usage.get(alloc.node_id, _NO_USAGE)
+            p = p | frozenset(ports) if sign > 0 else p - frozenset(ports)
+            self.t.node_usage[alloc.node_id] = (c + sign * cpu, m + sign * mem, p)
+
     def put_alloc(self, alloc: pb.Allocation) -> None:
         self._allocs.add(alloc.id)
         old = self.t.allocs.get(alloc.id)
+        self._account(old, alloc)
         self.t.allocs[alloc.id] = alloc
         if old is None or old.node_id != alloc.node_id:
             if old is not None:
@@ -326,6 +349,7 @@ class _WriteTxn:
         for alloc in allocs:
             self._allocs.add(alloc.id)
             old = self.t.allocs.get(alloc.id)
+            self._account(old, alloc)
             self.t.allocs[alloc.id] = alloc
             if old is None or old.node_id != alloc.node_id:
                 if old is not None:
@@ -346,6 +370,7 @@ class _WriteTxn:
             old = self.t.allocs.pop(alloc_id, None)
             if old is None:
                 continue
+            self._account(old, None)
             _remove(self.t.allocs_by_node, old.node_id, alloc_id)
             _remove(self.t.allocs_by_job, (old.namespace, old.job_id), alloc_id)
         self.touch("allocs")

@@ -217,3 +217,43 @@ def test_blocking_wait_returns_when_index_passes() -> None:
     assert index > start
     # Nothing changes: the wait times out with the same index.
     assert fsm.state.wait_for_index(index, 0.05, "jobs") == index
+
+
+def test_node_usage_totals_follow_every_allocation_write() -> None:
+    """The running totals equal a recount from scratch after places, stops, client
+    updates and a snapshot restore."""
+    from corral.scheduler.rank import NodeUsage
+
+    fsm = new_fsm()
+    node = f.node()
+    fsm.apply(command(node_register=pb.NodeRegisterCommand(node=node)))
+
+    def alloc(cpu: int, port: int) -> pb.Allocation:
+        a = pb.Allocation(
+            id=f.uid("c"), namespace="default", job_id="j", node_id=node.id, desired_status="run"
+        )
+        a.allocated_resources.tasks["t"].cpu.cpu_shares = cpu
+        a.allocated_resources.tasks["t"].memory.memory_mb = cpu // 2
+        a.allocated_resources.shared.ports.add(label="http", value=port)
+        return a
+
+    allocs = [alloc(100 * (i + 1), 20000 + i) for i in range(4)]
+    plan = pb.Plan()
+    plan.node_allocation[node.id].allocs.extend(allocs)
+    fsm.apply(command(apply_plan=pb.ApplyPlanCommand(plan=plan)))
+    stop = pb.Plan()
+    stop.node_update[node.id].allocs.add(id=allocs[0].id, desired_status="stop")
+    fsm.apply(command(apply_plan=pb.ApplyPlanCommand(plan=stop)))
+    done = pb.Allocation(id=allocs[1].id, client_status="failed")
+    fsm.apply(command(alloc_client_update=pb.AllocClientUpdateCommand(allocs=[done])))
+
+    def recount(store: StateStore) -> tuple[int, int, frozenset[int]]:
+        u = NodeUsage.of(node, store.allocs_by_node(node.id))
+        return (u.cpu_used, u.mem_used, frozenset(u.ports_used))
+
+    assert (
+        fsm.state.node_usage(node.id) == recount(fsm.state) == (700, 350, frozenset({20002, 20003}))
+    )
+    restored = new_fsm()
+    restored.restore(fsm.snapshot())
+    assert restored.state.node_usage(node.id) == recount(restored.state)
