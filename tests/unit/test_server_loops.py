@@ -194,7 +194,9 @@ def test_scaling_a_job_places_the_new_count() -> None:
         resp = server.scale_job("default", "web", "", 4)
 
         def placed() -> int:
-            return sum(1 for a in server.state.allocs_by_job("default", "web") if a.desired_status == "run")
+            return sum(
+                1 for a in server.state.allocs_by_job("default", "web") if a.desired_status == "run"
+            )
 
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and placed() < 4:
