@@ -153,11 +153,15 @@ class CorralClient:
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         namespace: str = "",
+        stale: bool = False,
     ) -> None:
         self.address = resolve_address(address)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.namespace = namespace
+        # Reads served by whichever server answers, without going to the leader
+        # (may lag a little; useful when there is no leader).
+        self.stale = stale
         self._channel = grpc.insecure_channel(self.address)
         self._jobs = rpc.JobServiceStub(self._channel)
         self._allocs = rpc.AllocServiceStub(self._channel)
@@ -247,7 +251,7 @@ class CorralClient:
         return result
 
     def _query(self) -> pb.QueryOptions:
-        return pb.QueryOptions(namespace=self.namespace)
+        return pb.QueryOptions(namespace=self.namespace, stale=self.stale)
 
     # ------------------------------------------------------------ jobs
 

@@ -24,13 +24,14 @@ from corral.proto import pb
 class CLIState:
     """Per-invocation settings (the root ``ctx.obj``), and a lazily created client."""
 
-    def __init__(self, address: str | None) -> None:
+    def __init__(self, address: str | None, stale: bool = False) -> None:
         self.address = resolve_address(address)
+        self.stale = stale
         self._client: CorralClient | None = None
 
     def client(self) -> CorralClient:
         if self._client is None:
-            self._client = CorralClient(self.address)
+            self._client = CorralClient(self.address, stale=self.stale)
         return self._client
 
     def close(self) -> None:

@@ -82,11 +82,17 @@ class CorralGroup(click.Group):
     metavar="HOST:PORT",
     help="gRPC address of a corral server [env CORRAL_ADDR; default 127.0.0.1:4647].",
 )
+@click.option(
+    "--stale",
+    envvar="CORRAL_STALE",
+    is_flag=True,
+    help="Let any server answer reads from its own state, without the leader (may lag).",
+)
 @click.version_option(package_name="corral", prog_name="corral")
 @click.pass_context
-def cli(ctx: click.Context, address: str | None) -> None:
+def cli(ctx: click.Context, address: str | None, stale: bool) -> None:
     """corral: run containers on a cluster, the Nomad way."""
-    state = CLIState(address)
+    state = CLIState(address, stale=stale)
     ctx.obj = state
     ctx.call_on_close(state.close)
 

@@ -548,7 +548,8 @@ class CatalogEndpoint(_Base, rpc.ServiceCatalogServicer):
 class StatusEndpoint(_Base, rpc.StatusServiceServicer):
     SERVICE = "StatusService"
 
-    @_rpc("read")
+    # Local, as Nomad's /v1/status/leader: this server's view, even with no leader.
+    @_rpc("local")
     def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
         return pb.StatusResponse(
             leader=self.server.raft.leader(),

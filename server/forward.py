@@ -20,7 +20,7 @@ from corral.proto import corral_pb2, pb
 
 FORWARD_HOPS_KEY = "x-corral-forward-hops"
 MAX_HOPS = 3
-LEADER_WAIT = 10.0
+LEADER_WAIT = 5.0
 
 
 class NoLeader(Exception):

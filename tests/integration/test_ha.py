@@ -267,3 +267,28 @@ def test_servers_join_and_leave_a_running_cluster(tmp_path: Path) -> None:
             assert leaving.raft_addr not in {s.address for s in listed.servers}
             assert len(listed.servers) == 3
         assert_nothing_lost(cluster, writer)
+
+
+def test_stale_reads_are_served_without_a_leader(tmp_path: Path) -> None:
+    """With the quorum gone, default reads fail after waiting for a leader, while
+    --stale reads answer from the surviving server's own state."""
+    from tests.support.agent import run_cli
+
+    with make_cluster(3, tmp_path) as cluster:
+        with grpc.insecure_channel(cluster.rpc_addrs[0]) as ch:
+            rpc.JobServiceStub(ch).Register(pb.JobRegisterRequest(job=job("kept")), timeout=10)
+        cluster.wait_converged()
+        survivor = cluster.servers[0]
+        for s in cluster.servers[1:]:
+            s.kill()
+        wait_for(
+            lambda: survivor.status().leader == "",
+            timeout=30,
+            message="the lone server to step down",
+            ignore=(grpc.RpcError,),
+        )
+        stale = run_cli("--stale", "job", "status", "--json", addr=survivor.rpc_addr)
+        assert stale.returncode == 0, stale.stderr
+        assert "kept" in stale.stdout
+        fresh = run_cli("job", "status", addr=survivor.rpc_addr, timeout=60)
+        assert fresh.returncode == 1 and "leader" in fresh.stderr
