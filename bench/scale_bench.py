@@ -18,7 +18,6 @@ import json
 import logging
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -46,22 +45,7 @@ def job(job_id: str, count: int) -> pb.Job:
 
 
 class CountingFleet(SimulatedFleet):
-    """Counts allocations it reported running, for the benchmark's stop condition."""
-
-    def __init__(self, *a, **kw):  # type: ignore[no-untyped-def]
-        super().__init__(*a, **kw)
-        self.running = 0
-        self.first_running_at = 0.0
-        self.lock = threading.Lock()
-
-    def _act(self, allocs):  # type: ignore[no-untyped-def]
-        before = sum(1 for v in self._known.values() if v == "running")
-        super()._act(allocs)
-        after = sum(1 for v in self._known.values() if v == "running")
-        with self.lock:
-            if after > before and not self.first_running_at:
-                self.first_running_at = time.monotonic()
-            self.running = after
+    """The simulated fleet; its ``running`` counter is the benchmark's stop condition."""
 
 
 async def submit(addr: str, jobs: int, count: int) -> None:

@@ -66,6 +66,7 @@ class SimulatedFleet:
             node.drivers["mock"].healthy = True
             self.nodes.append(node)
         self._known: dict[str, str] = {}  # alloc id -> last reported client status
+        self.running = 0  # allocations reported running and not stopped since
         self._stop = threading.Event()
         self._server = 0
         self._channel: grpc.Channel | None = None
@@ -160,7 +161,12 @@ class SimulatedFleet:
                 continue
             if alloc.client_status in structs.ALLOC_TERMINAL_CLIENT:
                 continue
+            before = self._known.get(alloc.id)
             self._known[alloc.id] = want
+            if want == structs.ALLOC_CLIENT_RUNNING:
+                self.running += 1
+            elif before == structs.ALLOC_CLIENT_RUNNING:
+                self.running -= 1
             upd = pb.Allocation(id=alloc.id, client_status=want)
             state = (
                 structs.TASK_STATE_RUNNING
