@@ -24,6 +24,7 @@ import grpc
 
 from corral import structs
 from corral.api.client import APIError
+from corral.api.jobdiff import diff_jobs
 from corral.cli import monitor
 from corral.cli.common import echo_json, get_client, json_option, resolve_job, verbose_option
 from corral.cli.format import (
@@ -34,7 +35,6 @@ from corral.cli.format import (
     print_json,
 )
 from corral.cli.job import _parse_job_file, job
-from corral.cli.jobdiff import diff_jobs
 from corral.proto import pb
 
 PLAN_NO_CHANGES = 0

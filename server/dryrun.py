@@ -8,20 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from corral.api.jsonmap import to_json
 from corral.proto import pb
 from corral.server.state import StateSnapshot
-
-_IGNORED = {
-    "Version",
-    "Stable",
-    "SubmitTime",
-    "CreateIndex",
-    "ModifyIndex",
-    "JobModifyIndex",
-    "Status",
-    "StatusDescription",
-}
 
 
 class OverlaySnapshot:
@@ -88,39 +76,7 @@ def annotate(plan: pb.Plan, snap: StateSnapshot, job: pb.Job) -> dict[str, pb.Pl
 
 
 def spec_diff(old: pb.Job | None, new: pb.Job) -> str:
-    """Nomad-like diff lines: ``+ Field: "v"``, ``- Field: "v"``, ``~ Field: "a" => "b"``."""
-    if old is None:
-        return f'+ Job: "{new.id}"'
-    lines: list[str] = []
-    _walk(to_json(old), to_json(new), "", lines)
-    return "\n".join(lines)
+    """Nomad's job diff format, shared with ``corral job history -p``."""
+    from corral.api.jobdiff import diff_jobs
 
-
-def _walk(a: Any, b: Any, path: str, out: list[str]) -> None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            if not path and key in _IGNORED:
-                continue
-            sub = f"{path}.{key}" if path else key
-            if key not in a:
-                out.append(f"+ {sub}: {_fmt(b[key])}")
-            elif key not in b:
-                out.append(f"- {sub}: {_fmt(a[key])}")
-            else:
-                _walk(a[key], b[key], sub, out)
-        return
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            label = y.get("Name") if isinstance(y, dict) and y.get("Name") else str(i)
-            _walk(x, y, f"{path}[{label}]", out)
-        return
-    if a != b:
-        out.append(f"~ {path}: {_fmt(a)} => {_fmt(b)}")
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, str):
-        return f'"{v}"'
-    import json
-
-    return json.dumps(v, sort_keys=True)
+    return "\n".join(diff_jobs(old, new))

@@ -43,7 +43,7 @@ from typing import Any
 import grpc
 
 from corral import structs
-from corral.cli.jobdiff import format_job_diff, job_diff
+from corral.api.jobdiff import format_job_diff, job_diff
 from corral.proto import pb, rpc
 from tests.support.env import free_port
 

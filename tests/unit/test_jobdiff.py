@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from corral import structs
+from corral.api.jobdiff import ADDED, DELETED, EDITED, NONE, diff_jobs, job_diff
 from corral.api.jsonmap import to_json
-from corral.cli.jobdiff import ADDED, DELETED, EDITED, NONE, diff_jobs, job_diff
 from corral.proto import pb
 from tests.support.fake_server import sample_job
 

@@ -4,7 +4,8 @@ Why here and pure: ``corral job history -p`` shows what changed between consecut
 versions, and the server's ``JobService.Plan`` shows what a job file would change
 against the registered version. Both should print the same lines, so this module
 has no I/O and no dependency beyond the contract (``corral.proto``) and its JSON
-mapping; the server may import it as it is.
+mapping, and lives in ``corral.api`` beside that mapping: the server's plan endpoint
+and the CLI both import it.
 
 The output follows Nomad's ``formatJobDiff`` (non-verbose): a header per job, task
 group and task with a marker (``+`` added, ``-`` deleted, ``+/-`` edited, none when
