@@ -150,11 +150,12 @@ def shape_group(
 
 
 def needs_deployment(job: pb.Job, recs: list[tuple[str, GroupResult]]) -> bool:
-    """A new job version that places anything in a rolling group gets a deployment."""
+    """A new job version that places or updates anything in a rolling group gets a
+    deployment (in-place updates too: their allocations must prove healthy again)."""
     for name, rec in recs:
         group = structs.group_by_name(job, name)
         if group is None or not rolling(job, group):
             continue
-        if any(p.kind in (PLACE_NEW, PLACE_UPDATE) for p in rec.place):
+        if any(p.kind in (PLACE_NEW, PLACE_UPDATE) for p in rec.place) or rec.inplace:
             return True
     return False

@@ -108,11 +108,18 @@ class PlanBuilder:
             lst = self._allocs[node_id] = self.plan.node_allocation[node_id]
         return lst.allocs.add()
 
-    def update_in_place(self, alloc: pb.Allocation, job: pb.Job, eval_id: str) -> None:
+    def update_in_place(
+        self, alloc: pb.Allocation, job: pb.Job, eval_id: str, deployment_id: str = ""
+    ) -> None:
         updated = self.new_alloc(alloc.node_id)
         updated.CopyFrom(alloc)
         updated.job_version = job.version
         updated.eval_id = eval_id
+        if deployment_id and deployment_id != alloc.deployment_id:
+            # It joins the new version's deployment: its health is judged afresh
+            # (Nomad counts in-place updated allocations into the deployment).
+            updated.deployment_id = deployment_id
+            updated.ClearField("deployment_status")
 
 
 def compute_plan(
@@ -210,8 +217,14 @@ def compute_plan(
     if later:
         _followups(later, job, ev, builder, result, new_id)
 
+    if dep is None and not job.stop and deploy.needs_deployment(job, recs):
+        dep = deploy.new_deployment(job, new_id())
+        plan.deployment.CopyFrom(dep)
+
     ready: dict[str, bool] = {}
-    for _, rec in recs:
+    for group_name, rec in recs:
+        group = structs.group_by_name(job, group_name)
+        in_deployment = dep is not None and group is not None and deploy.rolling(job, group)
         for alloc in rec.inplace:
             ok = ready.get(alloc.node_id)
             if ok is None:
@@ -220,11 +233,8 @@ def compute_plan(
             # The plan applier refuses new or updated allocations on a node that is
             # not ready; an in-place update changes no resources, so it can wait.
             if ok:
-                builder.update_in_place(alloc, job, ev.id)
+                builder.update_in_place(alloc, job, ev.id, dep.id if in_deployment and dep else "")
 
-    if dep is None and not job.stop and deploy.needs_deployment(job, recs):
-        dep = deploy.new_deployment(job, new_id())
-        plan.deployment.CopyFrom(dep)
     for group_name, rec in recs:
         group = structs.group_by_name(job, group_name)
         if dep is not None and group is not None and deploy.rolling(job, group):

@@ -322,6 +322,8 @@ class FSM:
     def _apply_plan(self, txn: _WriteTxn, cmd: pb.Command) -> str:
         plan = cmd.apply_plan.plan
         work: dict[str, pb.Allocation] = {}
+        # Existing allocations that an in-place update moves into another deployment.
+        joined: dict[str, str] = {}
 
         def working(alloc_id: str) -> pb.Allocation | None:
             """The allocation as changed so far by this plan (a private copy)."""
@@ -364,8 +366,16 @@ class FSM:
                     alloc.client_description = old.client_description
                     for name, ts in old.task_states.items():
                         alloc.task_states[name].CopyFrom(ts)
-                    if old.HasField("deployment_status") and not new.HasField("deployment_status"):
+                    same_deployment = old.deployment_id == new.deployment_id
+                    if (
+                        same_deployment
+                        and old.HasField("deployment_status")
+                        and not new.HasField("deployment_status")
+                    ):
                         alloc.deployment_status.CopyFrom(old.deployment_status)
+                    if not same_deployment:
+                        # Moved into the new version's deployment: health afresh.
+                        joined[alloc.id] = new.deployment_id
                 if not alloc.client_status:
                     alloc.client_status = structs.ALLOC_CLIENT_PENDING
                 alloc.alloc_modify_index = txn.index
@@ -378,7 +388,7 @@ class FSM:
             alloc.modify_index = txn.index
             alloc.modify_time = cmd.now
         txn.put_allocs(work.values())
-        self._plan_deployment(txn, plan, cmd.now)
+        self._plan_deployment(txn, plan, cmd.now, joined)
         # A lost allocation's client cannot deregister its services: do it here.
         lost = {a.id for a in work.values() if a.client_status == structs.ALLOC_CLIENT_LOST}
         self._drop_services_of(txn, lost)
@@ -429,7 +439,9 @@ class FSM:
             register.job_register.eval.CopyFrom(req.eval)
         return self._job_register(txn, register)
 
-    def _plan_deployment(self, txn: _WriteTxn, plan: pb.Plan, now: int) -> None:
+    def _plan_deployment(
+        self, txn: _WriteTxn, plan: pb.Plan, now: int, joined: dict[str, str] | None = None
+    ) -> None:
         """Create/update the plan's deployment, and count the allocations any plan
         places into their deployment (the counters belong to the FSM)."""
         for upd in plan.deployment_updates:
@@ -447,8 +459,10 @@ class FSM:
                 if not alloc.deployment_id:
                     continue
                 stored = txn.t.allocs.get(alloc.id)
-                if stored is None or stored.create_index != txn.index:
-                    continue  # not placed by this very plan
+                if stored is None:
+                    continue
+                if stored.create_index != txn.index and alloc.id not in (joined or {}):
+                    continue  # neither placed by this plan nor moved into the deployment
                 found = touched.get(alloc.deployment_id)
                 if found is None:
                     existing = txn.t.deployments.get(alloc.deployment_id)

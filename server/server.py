@@ -12,13 +12,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 from corral import structs
 from corral.proto import pb
 from corral.server.eval_broker import EvalBroker
 from corral.server.fsm import COMMAND_SCHEMA, FSM, ApplyResult
+from corral.server.group_commit import GroupCommit
 from corral.server.heartbeat import HeartbeatTracker
 from corral.server.plan_apply import PlanApplier
 from corral.server.raft import Consensus, LocalConsensus, PySyncObjConsensus
@@ -78,78 +78,6 @@ def commanded_evals(cmd: pb.Command) -> list[pb.Evaluation]:
     if "evals" in fields:
         out.extend(body.evals)
     return out
-
-
-class GroupCommit:
-    """Concurrent proposals share one raft entry (a ``BatchCommand``).
-
-    A raft entry costs the engine far more than applying a command (pickling,
-    encryption, journal, a round of acks); writers that arrive while an entry is
-    in flight are committed together in the next one. A lone writer pays nothing
-    extra: its command goes out alone, at once.
-    """
-
-    MAX_BATCH = 512
-    PIPELINE = 2  # entries in flight at once
-
-    def __init__(self, raft: Consensus) -> None:
-        import queue
-
-        self._raft = raft
-        self._queue: queue.SimpleQueue[tuple[bytes, Future[ApplyResult]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._threads = [
-            threading.Thread(target=self._run, name=f"group-commit-{i}", daemon=True)
-            for i in range(self.PIPELINE)
-        ]
-        for t in self._threads:
-            t.start()
-
-    def propose(self, data: bytes, timeout: float) -> ApplyResult:
-        fut: Future[ApplyResult] = Future()
-        self._queue.put((data, fut))
-        return fut.result(timeout=timeout + 5)
-
-    def stop(self) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
-
-    def _run(self) -> None:
-        import queue
-
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                batch.append(nxt)
-            results: list[ApplyResult]
-            try:
-                if len(batch) == 1:
-                    single = self._raft.propose(batch[0][0])
-                    results = single if isinstance(single, list) else [single]
-                else:
-                    entry = pb.Command(
-                        schema=COMMAND_SCHEMA,
-                        batch=pb.BatchCommand(commands=[d for d, _ in batch]),
-                    )
-                    out = self._raft.propose(entry.SerializeToString())
-                    results = out if isinstance(out, list) else [out]
-            except Exception as exc:
-                for _, fut in batch:
-                    fut.set_exception(exc)
-                continue
-            for (_, fut), result in zip(batch, results, strict=True):
-                fut.set_result(result)
 
 
 class Server:
@@ -342,7 +270,9 @@ class Server:
         )
         self._unblock_thread.start()
         self._unblock.set()
-        threading.Thread(target=self._drain_loop, name="drainer", daemon=True).start()
+        from corral.server.drainer import Drainer
+
+        Drainer(self).start()
         from corral.server.deployment_watcher import DeploymentWatcher
 
         DeploymentWatcher(self, lambda: self._leading, now_ns).start()
@@ -425,78 +355,6 @@ class Server:
                     self.update_evals(updates)
                 except Exception:
                     log.exception("unblocking evaluations failed")
-
-    def _drain_loop(self) -> None:
-        """Leader loop: moves draining nodes along (Nomad's drainer).
-
-        The scheduler migrates allocations off a draining node, ``migrate.max_parallel``
-        at a time; this loop re-evaluates the affected jobs as replacements start, forces
-        what is left at the deadline, and ends the drain when the node is empty (the node
-        stays ineligible, as in Nomad).
-        """
-        last_index = -1
-        while self._leading and not self._stopping.is_set():
-            index = self.state.wait_for_index(last_index, 1.0, "allocs", "nodes")
-            if not self._leading:
-                return
-            if index == last_index and not any(n.drain for n in self.state.nodes()):
-                continue
-            last_index = index
-            try:
-                self._drain_step()
-            except Exception:
-                log.exception("drain step failed")
-
-    def _drain_step(self) -> None:
-        now = now_ns()
-        for node in self.state.nodes():
-            if not node.drain:
-                continue
-            strategy = node.drain_strategy
-            remaining = [
-                a
-                for a in self.state.allocs_by_node(node.id)
-                if not structs.is_client_terminal(a)
-                and not (
-                    strategy.ignore_system_jobs
-                    and (job := self.state.job(a.namespace, a.job_id)) is not None
-                    and job.type == structs.JOB_TYPE_SYSTEM
-                )
-            ]
-            if not remaining:
-                log.info("node %s drained", node.id)
-                self.propose(pb.Command(node_drain=pb.NodeDrainCommand(node_id=node.id)))
-                continue
-            overdue = strategy.deadline > 0 and now > strategy.started_at + strategy.deadline
-            forced = strategy.deadline < 0 or overdue
-            jobs = {(a.namespace, a.job_id) for a in remaining if a.desired_status == "run"}
-            busy = {
-                (e.namespace, e.job_id)
-                for e in self.state.evals()
-                if e.status in (structs.EVAL_STATUS_PENDING,) and (e.namespace, e.job_id) in jobs
-            }
-            evals = [
-                self._new_eval(
-                    self.state.job(ns, jid), ns, jid, structs.TRIGGER_NODE_DRAIN, node.id
-                )
-                for ns, jid in sorted(jobs - busy)
-            ]
-            if forced:
-                transitions = {
-                    a.id: pb.DesiredTransition(migrate=True, force_reschedule=True)
-                    for a in remaining
-                    if not a.desired_transition.migrate
-                }
-                if transitions or evals:
-                    self.propose(
-                        pb.Command(
-                            alloc_desired_transition=pb.AllocDesiredTransitionCommand(
-                                transitions=transitions, evals=evals
-                            )
-                        )
-                    )
-            elif evals:
-                self.update_evals(evals)
 
     def _commit_plan(self, plan: pb.Plan, evals: list[pb.Evaluation]) -> int:
         result = self.propose(pb.Command(apply_plan=pb.ApplyPlanCommand(plan=plan, evals=evals)))

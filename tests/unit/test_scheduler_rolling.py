@@ -114,3 +114,25 @@ def test_count_change_is_in_place_and_needs_no_replacement() -> None:
     h.run(job)
     assert {a.id for a in h.live()} == ids
     assert versions(h) == [1, 1]
+
+
+def test_scale_only_change_joins_the_deployment_and_it_can_succeed() -> None:
+    """In-place updated allocations count into the new version's deployment (else a
+    scale-only deployment never reaches its desired healthy count)."""
+    from corral.server.deployment_watcher import SUCCESSFUL, decide
+
+    h = Harness()
+    h.add_node()
+    h.run(rolling_job(count=2, env="1"))
+    healthy(h)
+    h.run(rolling_job(count=3, env="1"))
+    job = h.state.job("default", "web")
+    assert job is not None and job.version == 1
+    d = next(d for d in h.state.deployments() if d.job_version == 1)
+    state = d.task_groups["web"]
+    assert state.placed_allocs == 3  # 1 new + 2 moved in place
+    assert all(a.deployment_id == d.id for a in h.live())
+    healthy(h)
+    d = next(d for d in h.state.deployments() if d.job_version == 1)
+    assert d.task_groups["web"].healthy_allocs == 3
+    assert decide(d, job, h.state.job_versions("default", "web"), 0, 0).status == SUCCESSFUL

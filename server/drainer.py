@@ -1,0 +1,101 @@
+"""The drainer (leader only): moves draining nodes along, as Nomad's drainer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from corral import structs
+from corral.proto import pb
+
+if TYPE_CHECKING:
+    from corral.server.server import Server
+
+log = logging.getLogger(__name__)
+
+
+def now_ns() -> int:
+    from corral.server.server import now_ns as _now
+
+    return _now()
+
+
+class Drainer:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="drainer", daemon=True).start()
+
+    def _run(self) -> None:
+        """Leader loop: moves draining nodes along (Nomad's drainer).
+
+        The scheduler migrates allocations off a draining node, ``migrate.max_parallel``
+        at a time; this loop re-evaluates the affected jobs as replacements start, forces
+        what is left at the deadline, and ends the drain when the node is empty (the node
+        stays ineligible, as in Nomad).
+        """
+        last_index = -1
+        while self.server._leading and not self.server._stopping.is_set():
+            index = self.server.state.wait_for_index(last_index, 1.0, "allocs", "nodes")
+            if not self.server._leading:
+                return
+            if index == last_index and not any(n.drain for n in self.server.state.nodes()):
+                continue
+            last_index = index
+            try:
+                self.step()
+            except Exception:
+                log.exception("drain step failed")
+
+    def step(self) -> None:
+        now = now_ns()
+        for node in self.server.state.nodes():
+            if not node.drain:
+                continue
+            strategy = node.drain_strategy
+            remaining = [
+                a
+                for a in self.server.state.allocs_by_node(node.id)
+                if not structs.is_client_terminal(a)
+                and not (
+                    strategy.ignore_system_jobs
+                    and (job := self.server.state.job(a.namespace, a.job_id)) is not None
+                    and job.type == structs.JOB_TYPE_SYSTEM
+                )
+            ]
+            if not remaining:
+                log.info("node %s drained", node.id)
+                self.server.propose(pb.Command(node_drain=pb.NodeDrainCommand(node_id=node.id)))
+                continue
+            overdue = strategy.deadline > 0 and now > strategy.started_at + strategy.deadline
+            forced = strategy.deadline < 0 or overdue
+            jobs = {(a.namespace, a.job_id) for a in remaining if a.desired_status == "run"}
+            busy = {
+                (e.namespace, e.job_id)
+                for e in self.server.state.evals()
+                if e.status in (structs.EVAL_STATUS_PENDING,) and (e.namespace, e.job_id) in jobs
+            }
+            evals = [
+                self.server._new_eval(
+                    self.server.state.job(ns, jid), ns, jid, structs.TRIGGER_NODE_DRAIN, node.id
+                )
+                for ns, jid in sorted(jobs - busy)
+            ]
+            if forced:
+                transitions = {
+                    a.id: pb.DesiredTransition(migrate=True, force_reschedule=True)
+                    for a in remaining
+                    if not a.desired_transition.migrate
+                }
+                if transitions or evals:
+                    self.server.propose(
+                        pb.Command(
+                            alloc_desired_transition=pb.AllocDesiredTransitionCommand(
+                                transitions=transitions, evals=evals
+                            )
+                        )
+                    )
+            elif evals:
+                self.server.update_evals(evals)
