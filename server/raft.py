@@ -226,10 +226,20 @@ class PySyncObjConsensus:
         return self._obj is not None and bool(self._obj._isLeader())
 
     def leader(self) -> str:
+        """The leader's raft address, "" when unknown or unreachable.
+
+        PySyncObj keeps naming the last leader it heard from, and a follower cut off
+        from every peer never starts an election (it must be connected to someone),
+        so it would name a dead leader forever; a leader we are not connected to is
+        reported as unknown instead."""
         if self._obj is None:
             return ""
         node = self._obj._getLeader()
-        return str(node.address) if node is not None else ""
+        if node is None:
+            return ""
+        if node != self._obj.selfNode and not self._obj.isNodeConnected(node):
+            return ""
+        return str(node.address)
 
     def self_address(self) -> str:
         return self._address
