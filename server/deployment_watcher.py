@@ -24,10 +24,14 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from corral import structs
 from corral.proto import pb
 from corral.server.fsm import spec_changed
+
+if TYPE_CHECKING:
+    from corral.server.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +119,10 @@ def decide(
 class DeploymentWatcher:
     def __init__(
         self,
-        server: object,
+        server: Server,
         is_leading: Callable[[], bool],
         now_ns: Callable[[], int],
     ) -> None:
-        # ``server`` is corral.server.server.Server (typed loosely to avoid a cycle).
         self._server = server
         self._is_leading = is_leading
         self._now = now_ns
@@ -133,7 +136,7 @@ class DeploymentWatcher:
 
     def _run(self) -> None:
         server = self._server
-        state = server.state  # type: ignore[attr-defined]
+        state = server.state
         last = -1
         while self._is_leading():
             index = state.wait_for_index(last, 1.0, "deployments", "jobs")
@@ -145,7 +148,7 @@ class DeploymentWatcher:
 
     def step(self) -> None:
         server = self._server
-        state = server.state  # type: ignore[attr-defined]
+        state = server.state
         for d in state.deployments():
             if d.status != RUNNING:
                 continue
@@ -160,9 +163,9 @@ class DeploymentWatcher:
         for note in decision.notes:
             log.info("deployment %s: %s", d.id[:8], note)
         if decision.promote:
-            ev = server._new_eval(job, d.namespace, d.job_id, "deployment-watcher")  # type: ignore[attr-defined]
+            ev = server._new_eval(job, d.namespace, d.job_id, "deployment-watcher")
             ev.deployment_id = d.id
-            server.propose(  # type: ignore[attr-defined]
+            server.propose(
                 pb.Command(
                     deployment_promote=pb.DeploymentPromoteCommand(deployment_id=d.id, evals=[ev])
                 )
@@ -179,14 +182,14 @@ class DeploymentWatcher:
             )
             if decision.revert_to is not None:
                 cmd.revert_job.CopyFrom(decision.revert_to)
-                ev = server._new_eval(  # type: ignore[attr-defined]
+                ev = server._new_eval(
                     decision.revert_to, d.namespace, d.job_id, structs.TRIGGER_JOB_REGISTER
                 )
                 cmd.evals.append(ev)
             log.info("deployment %s %s: %s", d.id[:8], decision.status, decision.description)
-            server.propose(pb.Command(deployment_status=cmd))  # type: ignore[attr-defined]
+            server.propose(pb.Command(deployment_status=cmd))
             return
         if decision.evaluate:
-            ev = server._new_eval(job, d.namespace, d.job_id, "deployment-watcher")  # type: ignore[attr-defined]
+            ev = server._new_eval(job, d.namespace, d.job_id, "deployment-watcher")
             ev.deployment_id = d.id
-            server.update_evals([ev])  # type: ignore[attr-defined]
+            server.update_evals([ev])

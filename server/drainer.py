@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from corral import structs
@@ -13,12 +14,6 @@ if TYPE_CHECKING:
     from corral.server.server import Server
 
 log = logging.getLogger(__name__)
-
-
-def now_ns() -> int:
-    from corral.server.server import now_ns as _now
-
-    return _now()
 
 
 class Drainer:
@@ -50,7 +45,7 @@ class Drainer:
                 log.exception("drain step failed")
 
     def step(self) -> None:
-        now = now_ns()
+        now = time.time_ns()
         for node in self.server.state.nodes():
             if not node.drain:
                 continue
@@ -72,10 +67,15 @@ class Drainer:
             overdue = strategy.deadline > 0 and now > strategy.started_at + strategy.deadline
             forced = strategy.deadline < 0 or overdue
             jobs = {(a.namespace, a.job_id) for a in remaining if a.desired_status == "run"}
+            # Jobs with an evaluation already pending need no other (per-job index:
+            # the eval table only grows, so never scan it whole here).
             busy = {
-                (e.namespace, e.job_id)
-                for e in self.server.state.evals()
-                if e.status in (structs.EVAL_STATUS_PENDING,) and (e.namespace, e.job_id) in jobs
+                key
+                for key in jobs
+                if any(
+                    e.status == structs.EVAL_STATUS_PENDING
+                    for e in self.server.state.evals_by_job(*key)
+                )
             }
             evals = [
                 self.server._new_eval(

@@ -236,12 +236,7 @@ class JobEndpoint(_Base, rpc.JobServiceServicer):
 
     @_rpc("local")
     def Validate(self, request: pb.JobValidateRequest, context: Any) -> pb.JobValidateResponse:
-        from corral import jobspec
-
-        job = pb.Job()
-        job.CopyFrom(request.job)
-        structs.canonicalize(job)
-        problems = jobspec.validate(job)
+        _, problems = self.server.canonical_job(request.job)
         return pb.JobValidateResponse(
             validation_errors=problems,
             error="\n".join(problems),
@@ -262,6 +257,13 @@ class JobEndpoint(_Base, rpc.JobServiceServicer):
 
 class AllocEndpoint(_Base, rpc.AllocServiceServicer):
     SERVICE = "AllocService"
+
+    def _client_node(self, alloc: pb.Allocation) -> pb.Node:
+        """The node whose client agent runs ``alloc`` (logs and restarts go there)."""
+        node = self.server.state.node(alloc.node_id)
+        if node is None or not node.rpc_addr:
+            raise NotFound(f"node {alloc.node_id} of allocation {alloc.id[:8]} is unknown")
+        return node
 
     @_rpc("read")
     def List(self, request: pb.AllocListRequest, context: Any) -> pb.AllocationsResponse:
@@ -303,9 +305,7 @@ class AllocEndpoint(_Base, rpc.AllocServiceServicer):
     @_stream("read")
     def Logs(self, request: pb.AllocLogsRequest, context: Any) -> Iterator[pb.LogChunk]:
         alloc = self.server.resolve_alloc(request.alloc_id)
-        node = self.server.state.node(alloc.node_id)
-        if node is None or not node.rpc_addr:
-            raise NotFound(f"node {alloc.node_id} of allocation {alloc.id[:8]} is unknown")
+        node = self._client_node(alloc)
         forwarded = pb.AllocLogsRequest()
         forwarded.CopyFrom(request)
         forwarded.alloc_id = alloc.id
@@ -333,9 +333,7 @@ class AllocEndpoint(_Base, rpc.AllocServiceServicer):
     @_rpc("read")
     def Restart(self, request: pb.AllocRestartRequest, context: Any) -> pb.AllocRestartResponse:
         alloc = self.server.resolve_alloc(request.alloc_id)
-        node = self.server.state.node(alloc.node_id)
-        if node is None or not node.rpc_addr:
-            raise NotFound(f"node {alloc.node_id} of allocation {alloc.id[:8]} is unknown")
+        node = self._client_node(alloc)
         forwarded = pb.AllocRestartRequest(alloc_id=alloc.id, task=request.task)
         try:
             with grpc.insecure_channel(node.rpc_addr) as channel:

@@ -379,12 +379,18 @@ class Server:
         )
 
     # ------------------------------------------------------------ jobs
-    def register_job(self, job: pb.Job) -> pb.JobRegisterResponse:
+    @staticmethod
+    def canonical_job(job: pb.Job) -> tuple[pb.Job, list[str]]:
+        """A copy of ``job`` with Nomad's defaults filled in, and every problem with
+        it: what register, plan and validate all check, the same way."""
         from corral import jobspec
 
         job = _copy(job)
         structs.canonicalize(job)
-        problems = jobspec.validate(job)
+        return job, jobspec.validate(job)
+
+    def register_job(self, job: pb.Job) -> pb.JobRegisterResponse:
+        job, problems = self.canonical_job(job)
         if problems:
             raise InvalidRequest(problems)
         ev = self._new_eval(job, job.namespace, job.id, structs.TRIGGER_JOB_REGISTER)
@@ -474,13 +480,10 @@ class Server:
     def plan_job(self, job: pb.Job) -> pb.JobPlanResponse:
         """A dry run: the scheduler on a snapshot with the job swapped in; nothing
         is committed."""
-        from corral import jobspec
         from corral.scheduler import compute_plan
         from corral.server.dryrun import OverlaySnapshot, annotate, spec_diff
 
-        job = _copy(job)
-        structs.canonicalize(job)
-        problems = jobspec.validate(job)
+        job, problems = self.canonical_job(job)
         if problems:
             raise InvalidRequest(problems)
         snap = self.state.snapshot()
