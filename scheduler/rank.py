@@ -59,21 +59,12 @@ def alloc_cpu_mem(alloc: pb.Allocation) -> tuple[int, int]:
     return cpu, mem
 
 
-# An allocation's resources never change under its ID (in-place updates keep them),
-# so its footprint is read from the protobuf once and remembered: computing a node's
-# usage is then a few additions per allocation, on the scheduler's and the plan
-# applier's hot paths. Bounded; a cleared memo only costs a re-read.
-_FOOTPRINTS: dict[tuple[str, int], tuple[int, int, tuple[int, ...]]] = {}
-_FOOTPRINTS_MAX = 1_000_000
-
-
 def footprint(alloc: pb.Allocation) -> tuple[int, int, tuple[int, ...]]:
-    """(cpu MHz, memory MB, host ports) of an allocation, memoized for stored ones
-    (keyed by ID and create index: a plan's own new allocations are not memoized)."""
-    key = (alloc.id, alloc.create_index)
-    fp = _FOOTPRINTS.get(key)
-    if fp is not None:
-        return fp
+    """(cpu MHz, memory MB, host ports) of an allocation: the sum over its tasks.
+
+    Pure on purpose: the state store remembers footprints of the allocations it
+    holds (per store, see ``StateStore``); a process-wide memo keyed by IDs would
+    hand one store's answer to another store that reuses an ID."""
     ar = alloc.allocated_resources
     tasks = ar.tasks
     cpu = mem = 0
@@ -81,12 +72,7 @@ def footprint(alloc: pb.Allocation) -> tuple[int, int, tuple[int, ...]]:
         tr = tasks[name]
         cpu += tr.cpu.cpu_shares
         mem += tr.memory.memory_mb
-    fp = (int(cpu), int(mem), tuple(p.value for p in ar.shared.ports))
-    if alloc.create_index:
-        if len(_FOOTPRINTS) >= _FOOTPRINTS_MAX:
-            _FOOTPRINTS.clear()
-        _FOOTPRINTS[key] = fp
-    return fp
+    return (int(cpu), int(mem), tuple(p.value for p in ar.shared.ports))
 
 
 class NodeUsage:
@@ -162,16 +148,12 @@ class NodeUsage:
         used = usage.ports_used
         lo, hi = usage.dyn_lo, usage.dyn_hi
         cpu = mem = dyn = 0
-        memo = _FOOTPRINTS
         for alloc in allocs:
             if alloc.desired_status in dead or alloc.client_status in terminal:
                 continue
             if skip and alloc.id in skip:
                 continue
-            fp = memo.get((alloc.id, alloc.create_index))
-            if fp is None:
-                fp = footprint(alloc)
-            a_cpu, a_mem, ports = fp
+            a_cpu, a_mem, ports = footprint(alloc)
             cpu += a_cpu
             mem += a_mem
             for value in ports:

@@ -197,6 +197,13 @@ class StateStore(StateReader):
         # derived (not in snapshots); a watcher that falls behind rescans.
         self.alloc_changes: deque[tuple[int, frozenset[str]]] = deque()
         self._change_floor = 0  # changes at or below this index are forgotten
+        # Footprint of each stored live allocation, keyed by ID, with the create
+        # index it was read at. An allocation's resources never change under its ID
+        # (in-place updates keep them), so every client update of an allocation
+        # subtracts and adds the remembered sums instead of re-reading protobuf
+        # maps. Per store, never process-wide: another store (a test harness, a
+        # restored snapshot) may reuse an ID with other resources.
+        self.footprints: dict[str, tuple[int, tuple[int, int, tuple[int, ...]]]] = {}
 
     def _log_alloc_change(self, index: int, ids: frozenset[str]) -> None:
         if len(self.alloc_changes) >= self.CHANGE_LOG:
@@ -318,15 +325,26 @@ class _WriteTxn:
         self.touch("nodes")
 
     # allocations -------------------------------------------------------
+    def _footprint(self, alloc: pb.Allocation) -> tuple[int, int, tuple[int, ...]]:
+        memo = self._store.footprints
+        hit = memo.get(alloc.id)
+        if hit is not None and hit[0] == alloc.create_index:
+            return hit[1]
+        fp = footprint(alloc)
+        memo[alloc.id] = (alloc.create_index, fp)
+        return fp
+
     def _account(self, old: pb.Allocation | None, new: pb.Allocation | None) -> None:
         """Move an allocation's footprint in or out of its node's usage totals."""
         for alloc, sign in ((old, -1), (new, 1)):
             if alloc is None or structs.is_alloc_terminal(alloc):
                 continue
-            cpu, mem, ports = footprint(alloc)
+            cpu, mem, ports = self._footprint(alloc)
             c, m, p = self.t.node_usage.get(alloc.node_id, _NO_USAGE)
             p = p | frozenset(ports) if sign > 0 else p - frozenset(ports)
             self.t.node_usage[alloc.node_id] = (c + sign * cpu, m + sign * mem, p)
+        if old is not None and (new is None or structs.is_alloc_terminal(new)):
+            self._store.footprints.pop(old.id, None)  # no longer counted anywhere
 
     def put_alloc(self, alloc: pb.Allocation) -> None:
         self._allocs.add(alloc.id)

@@ -257,3 +257,23 @@ def test_node_usage_totals_follow_every_allocation_write() -> None:
     restored = new_fsm()
     restored.restore(fsm.snapshot())
     assert restored.state.node_usage(node.id) == recount(restored.state)
+
+
+def test_node_usage_is_not_confused_by_an_id_another_store_used() -> None:
+    """Two stores may hold different allocations under one ID and create index (test
+    harnesses, a restored snapshot): each store's totals count its own resources.
+    Regression: a process-wide footprint memo once overcommitted nodes this way."""
+    totals = []
+    for memory in (100, 700):
+        fsm = new_fsm()
+        node = f.node()
+        node.id = "n1"
+        fsm.apply(command(node_register=pb.NodeRegisterCommand(node=node)))
+        a = pb.Allocation(id="same", namespace="default", job_id="j", node_id="n1")
+        a.desired_status = "run"
+        a.allocated_resources.tasks["t"].memory.memory_mb = memory
+        plan = pb.Plan()
+        plan.node_allocation["n1"].allocs.append(a)
+        fsm.apply(command(apply_plan=pb.ApplyPlanCommand(plan=plan)))
+        totals.append(fsm.state.node_usage("n1")[1])
+    assert totals == [100, 700]
