@@ -8,20 +8,25 @@ Two implementations:
   want a server without sockets (it is a fake, not a mock: a real, trivial engine).
 * ``PySyncObjConsensus``: PySyncObj 0.3.17, with journal and snapshots in the data
   dir, ``useFork=False`` (gRPC does not survive fork), our own snapshot format
-  (the FSM's protobuf bytes, never a pickle of our objects), and the cluster key as
-  PySyncObj's ``password`` (its transport unpickles what it receives, so it must
-  never listen unauthenticated with peers).
+  (the FSM's protobuf bytes, never a pickle of our objects) written on a
+  background thread (``BackgroundSnapshots``), and the cluster key as PySyncObj's
+  ``password`` (its transport unpickles what it receives, so it must never listen
+  unauthenticated with peers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import struct
 import threading
+import time
+import zlib
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-from corral.server.fsm import FSM, ApplyResult
+from corral.server.fsm import FSM, ApplyResult, snapshot_bytes
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +119,115 @@ class LocalConsensus:
         raise ValueError("an in-memory server has no peers to change")
 
 
+# PySyncObj's SERIALIZER_STATE values (not imported: this module loads PySyncObj lazily).
+_NOT_SERIALIZING, _SERIALIZING, _SUCCESS, _FAILED = 0, 1, 2, 3
+
+
+class BackgroundSnapshots:
+    """Raft log compaction that does not stall raft.
+
+    PySyncObj compacts by serializing the whole state on its tick thread; in-line
+    (``useFork=False``, as gRPC requires) that stalled raft for ~1 s at 100,000
+    allocations (protobuf serialization, then pickle and gzip level 9), as long as
+    an election timeout. PySyncObj's hooks for an asynchronous serializer are used
+    instead: on the raft thread, ``serialize`` only freezes a consistent view of the
+    state (shallow copies of the tables, at exactly the last applied index, since
+    raft applies on that same thread) and starts a thread that serializes it in
+    small chunks, compresses it (zlib level 1, which releases the GIL) and renames
+    it over the dump file. ``check`` reports progress on each tick; PySyncObj drops
+    the journal entries the dump covers only after it reports success, so a crash
+    mid-write leaves the previous dump plus the full journal.
+
+    File format: ``MAGIC``, the length of raft's metadata (8 bytes, big-endian),
+    raft's metadata (PySyncObj's pickle of its last entries and membership, as its
+    own format keeps them), then the zlib-compressed ``pb.StateSnapshot`` bytes.
+    Dumps in PySyncObj's own format (gzip of a pickle, from earlier versions) are
+    still read.
+    """
+
+    MAGIC = b"CORRAL-SNAPSHOT-1\n"
+
+    def __init__(self, fsm: FSM, dump_path: str) -> None:
+        self._fsm = fsm
+        self._path = dump_path
+        self._lock = threading.Lock()
+        self._state = _NOT_SERIALIZING
+        self.last_freeze_s = 0.0  # raft thread: the only stall left
+        self.last_write_s = 0.0  # background thread
+        self.completed = 0  # dumps written
+        self.restored = 0  # dumps loaded (start-up, or sent by the leader)
+
+    def serialize(self, pysyncobj_tmp: str, raft_meta: Any) -> None:
+        """PySyncObj's ``serializer`` hook (raft thread)."""
+        from pysyncobj import pickle as raft_pickle
+
+        # PySyncObj renames ``pysyncobj_tmp`` over the dump as soon as this returns;
+        # never let it find one (a stale file would replace the real dump), so
+        # that rename fails harmlessly and only ours, once complete, counts.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pysyncobj_tmp)
+        t0 = time.perf_counter()
+        view = self._fsm.freeze()
+        meta = raft_pickle.dumps(raft_meta)
+        self.last_freeze_s = time.perf_counter() - t0
+        with self._lock:
+            self._state = _SERIALIZING
+        threading.Thread(
+            target=self._write, args=(view, meta), name="raft-snapshot", daemon=True
+        ).start()
+
+    def _write(self, view: Any, meta: bytes) -> None:
+        t0 = time.perf_counter()
+        try:
+            body = zlib.compress(snapshot_bytes(view), 1)
+            tmp = self._path + ".corral.tmp"
+            with open(tmp, "wb") as f:
+                f.write(self.MAGIC)
+                f.write(struct.pack(">Q", len(meta)))
+                f.write(meta)
+                f.write(body)
+            os.replace(tmp, self._path)
+            state = _SUCCESS
+        except Exception:
+            log.exception("raft snapshot failed; the journal keeps every entry")
+            state = _FAILED
+        self.last_write_s = time.perf_counter() - t0
+        with self._lock:
+            self._state = state
+            if state == _SUCCESS:
+                self.completed += 1
+
+    def check(self) -> int:
+        """PySyncObj's ``serializeChecker`` hook: SUCCESS or FAILED once, then idle."""
+        with self._lock:
+            state = self._state
+            if state in (_SUCCESS, _FAILED):
+                self._state = _NOT_SERIALIZING
+            return state
+
+    def deserialize(self, path: str) -> Any:
+        """PySyncObj's ``deserializer`` hook: restore the FSM from a dump (at start-up,
+        or one the leader sent) and return raft's metadata."""
+        from pysyncobj import pickle as raft_pickle
+
+        with open(path, "rb") as f:
+            raw = f.read()
+        if raw.startswith(self.MAGIC):
+            at = len(self.MAGIC)
+            (size,) = struct.unpack(">Q", raw[at : at + 8])
+            meta = raft_pickle.loads(raw[at + 8 : at + 8 + size])
+            self._fsm.restore(zlib.decompress(raw[at + 8 + size :]))
+            self.restored += 1
+            return meta
+        # PySyncObj's own format: gzip(pickle((consumers' data, *meta))).
+        import gzip
+
+        data = raft_pickle.loads(gzip.decompress(raw))
+        self._fsm.restore(data[0][1])  # [SyncObj's own fields, our FSM's bytes]
+        self.restored += 1
+        return data[1:]
+
+
 class PySyncObjConsensus:
     _LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
 
@@ -125,6 +239,7 @@ class PySyncObjConsensus:
         data_dir: str,
         password: str = "",
         append_entries_period: float = 0.01,
+        compaction_min_entries: int = 5000,
     ) -> None:
         from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
@@ -140,24 +255,24 @@ class PySyncObjConsensus:
         fsm_ref = fsm
 
         class _Replicated(SyncObjConsumer):  # type: ignore[misc]
-            """Hands log entries to the FSM; snapshots are the FSM's own bytes."""
+            """Hands log entries to the FSM (snapshots: ``BackgroundSnapshots``)."""
 
             @replicated  # type: ignore[untyped-decorator]
             def apply_entry(self, data: bytes) -> ApplyResult | list[ApplyResult]:
                 return fsm_ref.apply(data)
 
-            def _serialize(self) -> bytes:
-                return fsm_ref.snapshot()
-
-            def _deserialize(self, data: bytes) -> None:
-                fsm_ref.restore(data)
-
         os.makedirs(data_dir, exist_ok=True)
+        dump = os.path.join(data_dir, "raft.snapshot")
+        self.snapshots = BackgroundSnapshots(fsm, dump)
         conf = SyncObjConf(
             password=password or None,
             journalFile=os.path.join(data_dir, "raft.journal"),
-            fullDumpFile=os.path.join(data_dir, "raft.snapshot"),
+            fullDumpFile=dump,
             useFork=False,
+            serializer=self.snapshots.serialize,
+            deserializer=self.snapshots.deserialize,
+            serializeChecker=self.snapshots.check,
+            logCompactionMinEntries=compaction_min_entries,
             appendEntriesPeriod=append_entries_period,
             autoTickPeriod=append_entries_period,
             raftMinTimeout=0.4,
