@@ -166,15 +166,22 @@ class BackgroundSnapshots:
         # that rename fails harmlessly and only ours, once complete, counts.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pysyncobj_tmp)
-        t0 = time.perf_counter()
-        view = self._fsm.freeze()
-        meta = raft_pickle.dumps(raft_meta)
-        self.last_freeze_s = time.perf_counter() - t0
+        # Never raise: PySyncObj would swallow it and wait for a result that never
+        # comes, blocking compaction and snapshot sends for good. Report FAILED.
         with self._lock:
             self._state = _SERIALIZING
-        threading.Thread(
-            target=self._write, args=(view, meta), name="raft-snapshot", daemon=True
-        ).start()
+        try:
+            t0 = time.perf_counter()
+            view = self._fsm.freeze()
+            meta = raft_pickle.dumps(raft_meta)
+            self.last_freeze_s = time.perf_counter() - t0
+            threading.Thread(
+                target=self._write, args=(view, meta), name="raft-snapshot", daemon=True
+            ).start()
+        except Exception:
+            log.exception("raft snapshot failed to start; the journal keeps every entry")
+            with self._lock:
+                self._state = _FAILED
 
     def _write(self, view: Any, meta: bytes) -> None:
         t0 = time.perf_counter()
