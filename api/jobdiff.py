@@ -91,19 +91,14 @@ class ObjectDiff:
 
 
 @dataclass
-class TaskDiff:
-    type: str
-    name: str
-    fields: list[FieldDiff] = field(default_factory=list)
-    objects: list[ObjectDiff] = field(default_factory=list)
+class TaskDiff(ObjectDiff):
+    """A task: the shape of a block (Nomad names it apart)."""
 
 
 @dataclass
-class TaskGroupDiff:
-    type: str
-    name: str
-    fields: list[FieldDiff] = field(default_factory=list)
-    objects: list[ObjectDiff] = field(default_factory=list)
+class TaskGroupDiff(ObjectDiff):
+    """A group: a block plus its tasks."""
+
     tasks: list[TaskDiff] = field(default_factory=list)
 
 

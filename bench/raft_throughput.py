@@ -30,7 +30,6 @@ import multiprocessing as mp
 import os
 import platform
 import secrets
-import socket
 import statistics
 import sys
 import tempfile
@@ -41,41 +40,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.support import factories as f  # noqa: E402
+from tests.support.env import free_port  # noqa: E402
+from tests.support.factories import command  # noqa: E402
+
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def register_command(job_id: str, now: int) -> bytes:
+def register_command(job_id: str) -> bytes:
     """The command ``Server.register_job`` proposes for a small batch job."""
     from corral import structs
     from corral.proto import pb
-    from corral.server.fsm import COMMAND_SCHEMA
 
-    job = pb.Job(id=job_id, type="batch", namespace="default", datacenters=["dc1"])
-    g = job.task_groups.add(name="g", count=0)
-    t = g.tasks.add(name="t", driver="mock")
-    t.config.update({"run_for": "1s"})
-    structs.canonicalize(job)
-    ev = pb.Evaluation(
-        id=structs.new_id(),
-        namespace="default",
-        job_id=job_id,
-        type="batch",
-        priority=50,
-        triggered_by=structs.TRIGGER_JOB_REGISTER,
-        status=structs.EVAL_STATUS_PENDING,
-    )
-    cmd = pb.Command(job_register=pb.JobRegisterCommand(job=job, eval=ev))
-    cmd.schema = COMMAND_SCHEMA
-    cmd.now = now
-    return cmd.SerializeToString()
+    job = f.job(job_id=job_id, count=0, ports=(), job_type=structs.JOB_TYPE_BATCH)
+    return command(job_register=pb.JobRegisterCommand(job=job, eval=f.evaluation(job)))
 
 
 def server_process(
@@ -119,13 +99,12 @@ def run_load(raft, group, mode: str, seconds: float, writers: int, prefix: str) 
     refused = [0] * writers
     unknown = [0] * writers
     deadline = time.monotonic() + seconds
-    now = time.time_ns()
 
     def writer(w: int) -> None:
         n = 0
         while time.monotonic() < deadline:
             n += 1
-            data = register_command(f"{prefix}-{w}-{n}", now)
+            data = register_command(f"{prefix}-{w}-{n}")
             try:
                 if mode == "group_commit":
                     result = group.propose(data, timeout=10)

@@ -88,12 +88,6 @@ class FSM:
     def snapshot(self) -> bytes:
         return snapshot_bytes(self.state.snapshot())
 
-    def freeze(self) -> StateSnapshot:
-        """A consistent view of the state at the last applied index, cheap enough
-        for the raft thread (shallow table copies); ``snapshot_bytes`` serializes it
-        later, on another thread (see ``raft.BackgroundSnapshots``)."""
-        return self.state.snapshot()
-
     def restore(self, data: bytes) -> None:
         snap = pb.StateSnapshot.FromString(data)
         if snap.schema > SNAPSHOT_SCHEMA:

@@ -172,7 +172,7 @@ class BackgroundSnapshots:
             self._state = _SERIALIZING
         try:
             t0 = time.perf_counter()
-            view = self._fsm.freeze()
+            view = self._fsm.state.snapshot()  # shallow table copies: cheap
             meta = raft_pickle.dumps(raft_meta)
             self.last_freeze_s = time.perf_counter() - t0
             threading.Thread(

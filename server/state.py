@@ -252,6 +252,7 @@ class StateStore(StateReader):
         """Install restored tables (snapshot restore)."""
         with self._changed:
             self._t = tables
+            self.footprints.clear()  # keyed by the old tables' allocations
             self.alloc_changes.clear()
             self._change_floor = tables.index
             self._changed.notify_all()

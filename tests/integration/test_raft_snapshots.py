@@ -149,11 +149,11 @@ def test_a_dump_that_cannot_start_reports_failure_once(tmp_path: Path) -> None:
     """PySyncObj waits for SUCCESS or FAILED before it compacts or sends a dump
     again: a serializer that raised would leave it waiting for good."""
 
-    class BrokenFSM(FSM):
-        def freeze(self):  # type: ignore[no-untyped-def]
+    class BrokenStore(StateStore):
+        def snapshot(self):  # type: ignore[no-untyped-def]
             raise MemoryError("no room for a copy")
 
-    snaps = BackgroundSnapshots(BrokenFSM(StateStore()), str(tmp_path / "raft.snapshot"))
+    snaps = BackgroundSnapshots(FSM(BrokenStore()), str(tmp_path / "raft.snapshot"))
     snaps.serialize(str(tmp_path / "raft.snapshot.tmp"), ("meta",))
     assert snaps.check() == 3  # FAILED
     assert snaps.check() == 0  # then idle: PySyncObj may try again
