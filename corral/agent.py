@@ -6,6 +6,7 @@ together, and the only module the CLI imports from them.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -146,6 +147,25 @@ class Agent:
             self.server.stop()
 
 
+# Objects allocated between young-generation collections (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Collect the young generation every 50,000 allocations instead of 700.
+
+    The state store's persistent maps allocate many small tracked nodes per write
+    (HAMT paths), and a server holds hundreds of thousands of long-lived objects:
+    with the default thresholds the cyclic collector cost ~40% of applying
+    allocation updates (100,000 updates: 1.09 s vs 0.67 s with this setting,
+    measured in docs/BENCHMARKS.md). Cycles are still collected, just in larger
+    batches; the objects alive after start-up are frozen out of every collection.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+
+
 def run_agent(cfg: AgentConfig) -> int:
     """Run until SIGINT/SIGTERM; return the process exit code."""
     logging.basicConfig(
@@ -153,6 +173,7 @@ def run_agent(cfg: AgentConfig) -> int:
         format="%(asctime)s [%(levelname)s] %(name)s: %(message)s",
     )
     logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+    tune_gc()
     agent = Agent(cfg)
     done = threading.Event()
 

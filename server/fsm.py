@@ -94,14 +94,7 @@ class FSM:
             raise RuntimeError(f"snapshot schema {snap.schema} is newer than {SNAPSHOT_SCHEMA}")
         fresh = StateStore()
         with fresh.write() as txn:
-            versions: dict[tuple[str, str], list[pb.Job]] = {}
-            for job in list(snap.job_versions) + list(snap.jobs):
-                versions.setdefault((job.namespace, job.id), []).append(job)
-            for key, jobs in versions.items():
-                jobs.sort(key=lambda j: j.version)
-                txn.t.job_versions[key] = tuple(jobs)
-            for job in snap.jobs:
-                txn.t.jobs[(job.namespace, job.id)] = job
+            txn.restore_jobs(snap.jobs, snap.job_versions)
             for node in snap.nodes:
                 txn.put_node(node)
             txn.put_allocs(snap.allocs)

@@ -1,14 +1,18 @@
 """The state store: in-memory tables with indexes, written only by the FSM.
 
-Rules that keep readers safe without copying the world:
+Every table is a persistent (immutable) hash map, ``immutables.Map``, a HAMT as
+CPython's contextvars use: a write returns a new map that shares all but a few
+nodes with the old one. So:
 
-* Stored messages are never mutated after insertion. A writer builds a new message
-  (``CopyFrom`` of the old one) and replaces the entry.
-* Secondary indexes (allocations by node, by job...) map to ``frozenset``s that a
-  writer replaces rather than mutates.
-* ``snapshot()`` copies only the top-level dicts under the lock. The copy shares
-  every message and index set with the live store, which is safe by the two rules
-  above, and costs one dict copy per table.
+* ``snapshot()`` is O(1) whatever the size of the state: it keeps a reference to
+  the current maps. A scheduler worker takes one per evaluation and the plan
+  applier one per plan; copying dicts instead cost O(allocations) each time, which
+  bounded placements/s as the cluster filled up (C1M shape).
+* A command writes into a private working copy of the tables and publishes it in
+  one reference swap when it completes: readers never see half a command.
+* Stored messages are never mutated after insertion: a writer builds a new message
+  (``CopyFrom`` of the old one) and replaces the entry. Secondary indexes
+  (allocations by node, by job...) map to ``frozenset``s, replaced, not mutated.
 
 Every write carries the state index (one per applied command); readers can block
 until an index passes (``wait_for_index``), which gives Nomad's blocking queries.
@@ -20,8 +24,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
+
+from immutables import Map
 
 from corral import structs
 from corral.proto import pb
@@ -37,47 +43,32 @@ TABLES = ("jobs", "nodes", "allocs", "evals", "deployments", "services", "server
 
 @dataclass
 class Tables:
-    """The raw tables. Shared by the live store and its snapshots."""
+    """The raw tables: persistent maps, shared by the live store and its snapshots."""
 
     index: int = 0
     table_index: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
-    jobs: dict[JobKey, pb.Job] = field(default_factory=dict)
+    jobs: Map[JobKey, pb.Job] = field(default_factory=Map)
     # Every tracked version of a job, oldest first (the newest is jobs[key]).
-    job_versions: dict[JobKey, tuple[pb.Job, ...]] = field(default_factory=dict)
-    nodes: dict[str, pb.Node] = field(default_factory=dict)
-    allocs: dict[str, pb.Allocation] = field(default_factory=dict)
-    allocs_by_node: dict[str, frozenset[str]] = field(default_factory=dict)
-    allocs_by_job: dict[JobKey, frozenset[str]] = field(default_factory=dict)
-    evals: dict[str, pb.Evaluation] = field(default_factory=dict)
-    evals_by_job: dict[JobKey, frozenset[str]] = field(default_factory=dict)
-    deployments: dict[str, pb.Deployment] = field(default_factory=dict)
-    services: dict[str, pb.ServiceRegistration] = field(default_factory=dict)
-    services_by_name: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    job_versions: Map[JobKey, tuple[pb.Job, ...]] = field(default_factory=Map)
+    nodes: Map[str, pb.Node] = field(default_factory=Map)
+    allocs: Map[str, pb.Allocation] = field(default_factory=Map)
+    allocs_by_node: Map[str, frozenset[str]] = field(default_factory=Map)
+    allocs_by_job: Map[JobKey, frozenset[str]] = field(default_factory=Map)
+    evals: Map[str, pb.Evaluation] = field(default_factory=Map)
+    evals_by_job: Map[JobKey, frozenset[str]] = field(default_factory=Map)
+    deployments: Map[str, pb.Deployment] = field(default_factory=Map)
+    services: Map[str, pb.ServiceRegistration] = field(default_factory=Map)
+    services_by_name: Map[tuple[str, str], frozenset[str]] = field(default_factory=Map)
     # Server agents by raft address: how to reach each one's gRPC and HTTP.
-    servers: dict[str, pb.ServerMember] = field(default_factory=dict)
+    servers: Map[str, pb.ServerMember] = field(default_factory=Map)
     # What the live allocations of each node use: (cpu MHz, memory MB, host ports).
     # Maintained on every allocation write, so that the scheduler and the plan
     # applier read a node's usage in O(1) instead of summing its allocations.
-    node_usage: dict[str, tuple[int, int, frozenset[int]]] = field(default_factory=dict)
+    node_usage: Map[str, tuple[int, int, frozenset[int]]] = field(default_factory=Map)
 
     def copy(self) -> Tables:
-        return Tables(
-            index=self.index,
-            table_index=dict(self.table_index),
-            jobs=dict(self.jobs),
-            job_versions=dict(self.job_versions),
-            nodes=dict(self.nodes),
-            allocs=dict(self.allocs),
-            allocs_by_node=dict(self.allocs_by_node),
-            allocs_by_job=dict(self.allocs_by_job),
-            evals=dict(self.evals),
-            evals_by_job=dict(self.evals_by_job),
-            deployments=dict(self.deployments),
-            services=dict(self.services),
-            services_by_name=dict(self.services_by_name),
-            servers=dict(self.servers),
-            node_usage=dict(self.node_usage),
-        )
+        """O(1): the maps are immutable, only the small index dict is copied."""
+        return replace(self, table_index=dict(self.table_index))
 
 
 class StateReader:
@@ -90,7 +81,8 @@ class StateReader:
         return self._t.index
 
     def table_index(self, *tables: str) -> int:
-        return max(self._t.table_index[t] for t in tables)
+        index = self._t.table_index
+        return max(index[t] for t in tables)
 
     # jobs
     def job(self, namespace: str, job_id: str) -> pb.Job | None:
@@ -123,13 +115,16 @@ class StateReader:
     def allocs(self) -> list[pb.Allocation]:
         return list(self._t.allocs.values())
 
+    # Each reader binds the tables once: the live store may publish newer tables
+    # between two attribute reads, and an index of one version must be resolved
+    # against the same version.
     def allocs_by_node(self, node_id: str) -> list[pb.Allocation]:
-        allocs = self._t.allocs
-        return [allocs[a] for a in self._t.allocs_by_node.get(node_id, ())]
+        t = self._t
+        return [t.allocs[a] for a in t.allocs_by_node.get(node_id, ())]
 
     def allocs_by_job(self, namespace: str, job_id: str) -> list[pb.Allocation]:
-        allocs = self._t.allocs
-        return [allocs[a] for a in self._t.allocs_by_job.get((namespace, job_id), ())]
+        t = self._t
+        return [t.allocs[a] for a in t.allocs_by_job.get((namespace, job_id), ())]
 
     # evaluations
     def eval(self, eval_id: str) -> pb.Evaluation | None:
@@ -139,8 +134,8 @@ class StateReader:
         return list(self._t.evals.values())
 
     def evals_by_job(self, namespace: str, job_id: str) -> list[pb.Evaluation]:
-        evals = self._t.evals
-        return [evals[e] for e in self._t.evals_by_job.get((namespace, job_id), ())]
+        t = self._t
+        return [t.evals[e] for e in t.evals_by_job.get((namespace, job_id), ())]
 
     # deployments
     def deployment(self, deployment_id: str) -> pb.Deployment | None:
@@ -154,8 +149,8 @@ class StateReader:
         return list(self._t.services.values())
 
     def services_by_name(self, namespace: str, name: str) -> list[pb.ServiceRegistration]:
-        services = self._t.services
-        return [services[s] for s in self._t.services_by_name.get((namespace, name), ())]
+        t = self._t
+        return [t.services[s] for s in t.services_by_name.get((namespace, name), ())]
 
     def servers(self) -> list[pb.ServerMember]:
         return list(self._t.servers.values())
@@ -169,10 +164,10 @@ class StateReader:
 
     def find_by_prefix(self, table: str, prefix: str) -> list[str]:
         """IDs of ``table`` (allocs, nodes, evals, deployments) starting with prefix."""
-        source: Iterable[str] = getattr(self._t, table).keys()
-        if prefix in getattr(self._t, table):
+        rows = getattr(self._t, table)
+        if prefix in rows:
             return [prefix]
-        return sorted(k for k in source if k.startswith(prefix))
+        return sorted(k for k in rows if k.startswith(prefix))
 
 
 class StateSnapshot(StateReader):
@@ -226,8 +221,8 @@ class StateStore(StateReader):
 
     # ------------------------------------------------------------ reading
     def snapshot(self) -> StateSnapshot:
-        with self._lock:
-            return StateSnapshot(self._t.copy())
+        """O(1): published tables are never written again (see ``_WriteTxn``)."""
+        return StateSnapshot(self._t)
 
     def wait_for_index(self, min_index: int, timeout: float, *tables: str) -> int:
         """Block until the index of ``tables`` (all if none) exceeds ``min_index`` or
@@ -263,32 +258,38 @@ class StateStore(StateReader):
 
 
 class _WriteTxn:
-    """Applies one command's changes under the store lock, stamping the index."""
+    """Applies one command's changes to a working copy of the tables, under the
+    store lock, and publishes it stamped with the new index when the command
+    completes (a command that raises publishes nothing)."""
 
     def __init__(self, store: StateStore) -> None:
         self._store = store
         self._touched: set[str] = set()
         self._allocs: set[str] = set()
         self.index = 0
+        self.t = store._t  # replaced by a working copy on entry
 
     def __enter__(self) -> _WriteTxn:
         self._store._lock.acquire()
-        self.index = self._store._t.index + 1
+        self.t = self._store._t.copy()
+        self.index = self.t.index + 1
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        t = self._store._t
-        t.index = self.index
-        for name in self._touched:
-            t.table_index[name] = self.index
-        if self._allocs:
-            self._store._log_alloc_change(self.index, frozenset(self._allocs))
-        self._store._changed.notify_all()
-        self._store._lock.release()
-
-    @property
-    def t(self) -> Tables:
-        return self._store._t
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        store = self._store
+        try:
+            if exc_type is not None:
+                return
+            t = self.t
+            t.index = self.index
+            for name in self._touched:
+                t.table_index[name] = self.index
+            store._t = t  # one reference swap: readers see all of the command or none
+            if self._allocs:
+                store._log_alloc_change(self.index, frozenset(self._allocs))
+            store._changed.notify_all()
+        finally:
+            store._lock.release()
 
     def touch(self, table: str) -> None:
         self._touched.add(table)
@@ -296,33 +297,47 @@ class _WriteTxn:
     # jobs --------------------------------------------------------------
     def put_job(self, job: pb.Job, max_versions: int) -> None:
         key = (job.namespace, job.id)
-        self.t.jobs[key] = job
-        versions = [v for v in self.t.job_versions.get(key, ()) if v.version != job.version]
+        t = self.t
+        t.jobs = t.jobs.set(key, job)
+        versions = [v for v in t.job_versions.get(key, ()) if v.version != job.version]
         versions.append(job)
-        self.t.job_versions[key] = tuple(versions[-max_versions:])
+        t.job_versions = t.job_versions.set(key, tuple(versions[-max_versions:]))
+        self.touch("jobs")
+
+    def restore_jobs(self, jobs: Iterable[pb.Job], versions: Iterable[pb.Job]) -> None:
+        """Install jobs and their tracked versions as a snapshot holds them."""
+        by_key: dict[JobKey, list[pb.Job]] = {}
+        for job in list(versions) + list(jobs):
+            by_key.setdefault((job.namespace, job.id), []).append(job)
+        t = self.t
+        t.job_versions = t.job_versions.update(
+            {key: tuple(sorted(js, key=lambda j: j.version)) for key, js in by_key.items()}
+        )
+        t.jobs = t.jobs.update({(job.namespace, job.id): job for job in jobs})
         self.touch("jobs")
 
     def replace_job_version(self, job: pb.Job) -> None:
         """Update a stored version in place (e.g. Stable flag) without a new version."""
         key = (job.namespace, job.id)
+        t = self.t
         versions = tuple(
-            job if v.version == job.version else v for v in self.t.job_versions.get(key, ())
+            job if v.version == job.version else v for v in t.job_versions.get(key, ())
         )
-        self.t.job_versions[key] = versions
-        current = self.t.jobs.get(key)
+        t.job_versions = t.job_versions.set(key, versions)
+        current = t.jobs.get(key)
         if current is not None and current.version == job.version:
-            self.t.jobs[key] = job
+            t.jobs = t.jobs.set(key, job)
         self.touch("jobs")
 
     def delete_job(self, namespace: str, job_id: str) -> None:
         key = (namespace, job_id)
-        self.t.jobs.pop(key, None)
-        self.t.job_versions.pop(key, None)
+        self.t.jobs = _without(self.t.jobs, key)
+        self.t.job_versions = _without(self.t.job_versions, key)
         self.touch("jobs")
 
     # nodes -------------------------------------------------------------
     def put_node(self, node: pb.Node) -> None:
-        self.t.nodes[node.id] = node
+        self.t.nodes = self.t.nodes.set(node.id, node)
         self.touch("nodes")
 
     # allocations -------------------------------------------------------
@@ -335,122 +350,153 @@ class _WriteTxn:
         memo[alloc.id] = (alloc.create_index, fp)
         return fp
 
-    def _account(self, old: pb.Allocation | None, new: pb.Allocation | None) -> None:
-        """Move an allocation's footprint in or out of its node's usage totals."""
+    def _account(
+        self,
+        usage: dict[str, tuple[int, int, frozenset[int]]],
+        old: pb.Allocation | None,
+        new: pb.Allocation | None,
+    ) -> None:
+        """Move an allocation's footprint in or out of its node's usage totals
+        (``usage`` holds the totals changed so far by this write)."""
         for alloc, sign in ((old, -1), (new, 1)):
             if alloc is None or structs.is_alloc_terminal(alloc):
                 continue
             cpu, mem, ports = self._footprint(alloc)
-            c, m, p = self.t.node_usage.get(alloc.node_id, _NO_USAGE)
+            node_id = alloc.node_id
+            current = usage.get(node_id)
+            if current is None:
+                current = self.t.node_usage.get(node_id) or _NO_USAGE
+            c, m, p = current
             p = p | frozenset(ports) if sign > 0 else p - frozenset(ports)
-            self.t.node_usage[alloc.node_id] = (c + sign * cpu, m + sign * mem, p)
+            usage[node_id] = (c + sign * cpu, m + sign * mem, p)
         if old is not None and (new is None or structs.is_alloc_terminal(new)):
             self._store.footprints.pop(old.id, None)  # no longer counted anywhere
 
     def put_alloc(self, alloc: pb.Allocation) -> None:
-        self._allocs.add(alloc.id)
-        old = self.t.allocs.get(alloc.id)
-        self._account(old, alloc)
-        self.t.allocs[alloc.id] = alloc
-        if old is None or old.node_id != alloc.node_id:
-            if old is not None:
-                _remove(self.t.allocs_by_node, old.node_id, alloc.id)
-            _add(self.t.allocs_by_node, alloc.node_id, alloc.id)
-        if old is None:
-            _add(self.t.allocs_by_job, (alloc.namespace, alloc.job_id), alloc.id)
-        self.touch("allocs")
+        self.put_allocs((alloc,))
 
     def put_allocs(self, allocs: Iterable[pb.Allocation]) -> None:
-        """Batch insert: index sets are rebuilt once per key, not once per alloc."""
+        """Batch insert: each index set is rebuilt once per key, not once per alloc."""
+        t = self.t
         by_node: dict[str, set[str]] = {}
         by_job: dict[JobKey, set[str]] = {}
         removed_node: dict[str, set[str]] = {}
-        for alloc in allocs:
-            self._allocs.add(alloc.id)
-            old = self.t.allocs.get(alloc.id)
-            self._account(old, alloc)
-            self.t.allocs[alloc.id] = alloc
-            if old is None or old.node_id != alloc.node_id:
-                if old is not None:
-                    removed_node.setdefault(old.node_id, set()).add(alloc.id)
-                by_node.setdefault(alloc.node_id, set()).add(alloc.id)
-            if old is None:
-                by_job.setdefault((alloc.namespace, alloc.job_id), set()).add(alloc.id)
-        for node_id, ids in removed_node.items():
-            self.t.allocs_by_node[node_id] = self.t.allocs_by_node.get(node_id, frozenset()) - ids
-        for node_id, ids in by_node.items():
-            self.t.allocs_by_node[node_id] = self.t.allocs_by_node.get(node_id, frozenset()) | ids
-        for key, ids in by_job.items():
-            self.t.allocs_by_job[key] = self.t.allocs_by_job.get(key, frozenset()) | ids
+        usage: dict[str, tuple[int, int, frozenset[int]]] = {}
+        with t.allocs.mutate() as table:
+            for alloc in allocs:
+                self._allocs.add(alloc.id)
+                old = table.get(alloc.id)
+                self._account(usage, old, alloc)
+                table[alloc.id] = alloc
+                if old is None or old.node_id != alloc.node_id:
+                    if old is not None:
+                        removed_node.setdefault(old.node_id, set()).add(alloc.id)
+                    by_node.setdefault(alloc.node_id, set()).add(alloc.id)
+                if old is None:
+                    by_job.setdefault((alloc.namespace, alloc.job_id), set()).add(alloc.id)
+            t.allocs = table.finish()
+        if usage:
+            t.node_usage = t.node_usage.update(usage)
+        if removed_node or by_node:
+            with t.allocs_by_node.mutate() as index:
+                for node_id, ids in removed_node.items():
+                    index[node_id] = index.get(node_id, frozenset()) - ids
+                for node_id, ids in by_node.items():
+                    index[node_id] = index.get(node_id, frozenset()) | ids
+                t.allocs_by_node = index.finish()
+        if by_job:
+            with t.allocs_by_job.mutate() as index:
+                for key, ids in by_job.items():
+                    index[key] = index.get(key, frozenset()) | ids
+                t.allocs_by_job = index.finish()
         self.touch("allocs")
 
     def delete_allocs(self, alloc_ids: Iterable[str]) -> None:
+        t = self.t
+        usage: dict[str, tuple[int, int, frozenset[int]]] = {}
         for alloc_id in alloc_ids:
-            old = self.t.allocs.pop(alloc_id, None)
+            old = t.allocs.get(alloc_id)
             if old is None:
                 continue
-            self._account(old, None)
-            _remove(self.t.allocs_by_node, old.node_id, alloc_id)
-            _remove(self.t.allocs_by_job, (old.namespace, old.job_id), alloc_id)
+            t.allocs = t.allocs.delete(alloc_id)
+            self._account(usage, old, None)
+            t.allocs_by_node = _remove(t.allocs_by_node, old.node_id, alloc_id)
+            t.allocs_by_job = _remove(t.allocs_by_job, (old.namespace, old.job_id), alloc_id)
+        if usage:
+            t.node_usage = t.node_usage.update(usage)
         self.touch("allocs")
 
     # evaluations -------------------------------------------------------
     def put_eval(self, ev: pb.Evaluation) -> None:
-        if ev.id not in self.t.evals:
-            _add(self.t.evals_by_job, (ev.namespace, ev.job_id), ev.id)
-        self.t.evals[ev.id] = ev
+        t = self.t
+        if ev.id not in t.evals:
+            t.evals_by_job = _add(t.evals_by_job, (ev.namespace, ev.job_id), ev.id)
+        t.evals = t.evals.set(ev.id, ev)
         self.touch("evals")
 
     def delete_evals(self, eval_ids: Iterable[str]) -> None:
+        t = self.t
         for eval_id in eval_ids:
-            old = self.t.evals.pop(eval_id, None)
+            old = t.evals.get(eval_id)
             if old is not None:
-                _remove(self.t.evals_by_job, (old.namespace, old.job_id), eval_id)
+                t.evals = t.evals.delete(eval_id)
+                t.evals_by_job = _remove(t.evals_by_job, (old.namespace, old.job_id), eval_id)
         self.touch("evals")
 
     # deployments -------------------------------------------------------
     def put_deployment(self, d: pb.Deployment) -> None:
-        self.t.deployments[d.id] = d
+        self.t.deployments = self.t.deployments.set(d.id, d)
         self.touch("deployments")
 
     def delete_deployments(self, ids: Iterable[str]) -> None:
         for d in ids:
-            self.t.deployments.pop(d, None)
+            self.t.deployments = _without(self.t.deployments, d)
         self.touch("deployments")
 
     # services ----------------------------------------------------------
     def put_service(self, s: pb.ServiceRegistration) -> None:
-        if s.id not in self.t.services:
-            _add(self.t.services_by_name, (s.namespace, s.service_name), s.id)
-        self.t.services[s.id] = s
+        t = self.t
+        if s.id not in t.services:
+            t.services_by_name = _add(t.services_by_name, (s.namespace, s.service_name), s.id)
+        t.services = t.services.set(s.id, s)
         self.touch("services")
 
+    def delete_services(self, ids: Iterable[str]) -> None:
+        t = self.t
+        for sid in ids:
+            old = t.services.get(sid)
+            if old is not None:
+                t.services = t.services.delete(sid)
+                t.services_by_name = _remove(
+                    t.services_by_name, (old.namespace, old.service_name), sid
+                )
+        self.touch("services")
+
+    # servers -----------------------------------------------------------
     def put_server(self, member: pb.ServerMember) -> None:
-        self.t.servers[member.raft_address] = member
+        self.t.servers = self.t.servers.set(member.raft_address, member)
         self.touch("servers")
 
     def delete_server(self, raft_address: str) -> None:
-        self.t.servers.pop(raft_address, None)
+        self.t.servers = _without(self.t.servers, raft_address)
         self.touch("servers")
 
-    def delete_services(self, ids: Iterable[str]) -> None:
-        for sid in ids:
-            old = self.t.services.pop(sid, None)
-            if old is not None:
-                _remove(self.t.services_by_name, (old.namespace, old.service_name), sid)
-        self.touch("services")
+
+_KT = TypeVar("_KT")
+_VT = TypeVar("_VT")
 
 
-def _add(index: dict[_K, frozenset[str]], key: _K, value: str) -> None:
-    index[key] = index.get(key, frozenset()) | {value}
+def _without(table: Map[_KT, _VT], key: _KT) -> Map[_KT, _VT]:
+    return table.delete(key) if key in table else table
 
 
-def _remove(index: dict[_K, frozenset[str]], key: _K, value: str) -> None:
+def _add(index: Map[_K, frozenset[str]], key: _K, value: str) -> Map[_K, frozenset[str]]:
+    return index.set(key, index.get(key, frozenset()) | {value})
+
+
+def _remove(index: Map[_K, frozenset[str]], key: _K, value: str) -> Map[_K, frozenset[str]]:
     current = index.get(key)
     if current is None:
-        return
+        return index
     rest = current - {value}
-    if rest:
-        index[key] = rest
-    else:
-        del index[key]
+    return index.set(key, rest) if rest else index.delete(key)
