@@ -145,23 +145,23 @@ class SimulatedFleet:
                 pb.NodeHeartbeatRequest(node_id=n.id, secret_id=n.secret_id) for n in self.nodes
             ]
             for i in range(0, len(beats), BATCH):
+                stub = self._stub()
                 try:
-                    resp = self._stub().HeartbeatMany(
+                    resp = stub.HeartbeatMany(
                         pb.NodeHeartbeatManyRequest(heartbeats=beats[i : i + BATCH]), timeout=30
                     )
                     self.ttl = resp.heartbeat_ttl / 1e9 or self.ttl
                 except grpc.RpcError as exc:
                     log.warning("fleet heartbeat failed: %s", exc.details())
-                    self._failover()
+                    self._failover_from(stub)
 
     def _watch_loop(self) -> None:
         index = 0
         ids = [n.id for n in self.nodes]
         while not self._stop.is_set():
+            stub = self._stub()
             try:
-                for update in self._stub().WatchFleet(
-                    pb.FleetWatchRequest(node_ids=ids, min_index=index)
-                ):
+                for update in stub.WatchFleet(pb.FleetWatchRequest(node_ids=ids, min_index=index)):
                     index = update.index
                     self._act(list(update.allocs))
                     if self._stop.is_set():
@@ -170,7 +170,7 @@ class SimulatedFleet:
                 if self._stop.is_set():
                     return
                 log.warning("fleet watch ended: %s", exc.details())
-                self._failover()
+                self._failover_from(stub)
                 self._stop.wait(0.5)
 
     def _act(self, allocs: list[pb.Allocation]) -> None:
@@ -203,12 +203,11 @@ class SimulatedFleet:
         for i in range(0, len(updates), BATCH):
             chunk = updates[i : i + BATCH]
             while not self._stop.is_set():
+                stub = self._stub()
                 try:
-                    self._stub().UpdateAllocations(
-                        pb.NodeUpdateAllocsRequest(allocs=chunk), timeout=60
-                    )
+                    stub.UpdateAllocations(pb.NodeUpdateAllocsRequest(allocs=chunk), timeout=60)
                     break
                 except grpc.RpcError as exc:
                     log.warning("fleet status update failed: %s", exc.details())
-                    self._failover()
+                    self._failover_from(stub)
                     self._stop.wait(0.2)

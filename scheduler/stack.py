@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import random
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -281,7 +282,10 @@ class GroupStack:
     """Feasibility and ranking of nodes for one task group."""
 
     def __init__(self, placer: Placer, job: pb.Job, group: pb.TaskGroup) -> None:
-        self.placer = placer
+        # A weak reference: the placer holds its group stacks, and a cycle would
+        # leave every evaluation's working set (thousands of NodeUsage objects)
+        # to the cyclic garbage collector instead of reference counting.
+        self.placer: Placer = weakref.proxy(placer)
         self.job = job
         self.name = group.name
         self.count = group.count

@@ -465,19 +465,22 @@ class NodeEndpoint(_Base, rpc.NodeServiceServicer):
                         for a in (state.alloc(i) for i in changed)
                         if a is not None and a.node_id in wanted
                     ]
+                # In chunks (a rescan of a big fleet exceeds any message limit); all
+                # but the last carry the previous index, so a watcher that resumes
+                # after a broken stream asks again for what it may have missed.
+                for start in range(0, len(allocs), FLEET_CHUNK):
+                    final = start + FLEET_CHUNK >= len(allocs)
+                    yield pb.FleetAllocations(
+                        allocs=allocs[start : start + FLEET_CHUNK], index=index if final else last
+                    )
                 last = index
-                if allocs:
-                    yield pb.FleetAllocations(allocs=allocs, index=index)
             state.wait_for_index(last, 5.0, "allocs")
 
     @_rpc("write")
     def HeartbeatMany(
         self, request: pb.NodeHeartbeatManyRequest, context: Any
     ) -> pb.NodeHeartbeatResponse:
-        resp = pb.NodeHeartbeatResponse()
-        for hb in request.heartbeats:
-            resp = self.server.heartbeat(hb.node_id, hb.secret_id)
-        return resp
+        return self.server.heartbeat_many(list(request.heartbeats))
 
     @_rpc("write")
     def UpdateServices(self, request: pb.NodeServicesRequest, context: Any) -> pb.WriteResponse:
@@ -486,6 +489,9 @@ class NodeEndpoint(_Base, rpc.NodeServiceServicer):
 
 def _passing(svc: pb.ServiceRegistration) -> bool:
     return svc.health in ("", "passing")
+
+
+FLEET_CHUNK = 5_000  # allocations per WatchFleet message (~2 MB)
 
 
 class DeploymentEndpoint(_Base, rpc.DeploymentServiceServicer):

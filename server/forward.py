@@ -19,6 +19,15 @@ from google.protobuf.message import Message
 from corral.proto import corral_pb2, pb
 
 FORWARD_HOPS_KEY = "x-corral-forward-hops"
+# Message size limit of our gRPC servers and of the channels that relay to them: a
+# forwarded answer (a fleet's allocations, a big job list) is as large as a direct
+# one, and gRPC's default 4 MB would fail it only when the call went through a
+# follower.
+GRPC_MAX_MESSAGE = 64 * 1024 * 1024
+GRPC_MESSAGE_OPTIONS = [
+    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
+    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+]
 MAX_HOPS = 3
 LEADER_WAIT = 5.0
 
@@ -44,7 +53,7 @@ class Forwarder:
         with self._lock:
             ch = self._channels.get(addr)
             if ch is None:
-                ch = grpc.insecure_channel(addr)
+                ch = grpc.insecure_channel(addr, options=GRPC_MESSAGE_OPTIONS)
                 self._channels[addr] = ch
             return ch
 

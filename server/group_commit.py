@@ -37,9 +37,14 @@ class GroupCommit:
             t.start()
 
     def propose(self, data: bytes, timeout: float) -> ApplyResult:
+        return self.submit(data).result(timeout=timeout + 5)
+
+    def submit(self, data: bytes) -> Future[ApplyResult]:
+        """Queue a command without waiting: commands submitted together by one
+        caller share raft entries just as concurrent callers' do."""
         fut: Future[ApplyResult] = Future()
         self._queue.put((data, fut))
-        return fut.result(timeout=timeout + 5)
+        return fut
 
     def stop(self) -> None:
         for _ in self._threads:

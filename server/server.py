@@ -293,6 +293,16 @@ class Server:
             cmd.now = now_ns()
         return self._group_commit.propose(cmd.SerializeToString(), timeout)
 
+    def propose_many(self, cmds: list[pb.Command], timeout: float = 15.0) -> list[ApplyResult]:
+        """Propose several commands at once (they share raft entries); one result each."""
+        now = now_ns()
+        futures = []
+        for cmd in cmds:
+            cmd.schema = COMMAND_SCHEMA
+            cmd.now = cmd.now or now
+            futures.append(self._group_commit.submit(cmd.SerializeToString()))
+        return [f.result(timeout=timeout + 5) for f in futures]
+
     def _on_apply(self, index: int, cmd: pb.Command) -> None:
         """FSM listener (runs on the apply path: must be quick and never block)."""
         if not self._leading:
@@ -628,23 +638,38 @@ class Server:
         )
 
     def heartbeat(self, node_id: str, secret_id: str) -> pb.NodeHeartbeatResponse:
-        node = self.state.node(node_id)
-        if node is None:
-            raise NotFound(f"node {node_id} not registered")
-        if node.secret_id and secret_id != node.secret_id:
-            raise InvalidRequest(["node secret ID does not match"])
+        return self.heartbeat_many([pb.NodeHeartbeatRequest(node_id=node_id, secret_id=secret_id)])
+
+    def heartbeat_many(self, beats: list[pb.NodeHeartbeatRequest]) -> pb.NodeHeartbeatResponse:
+        """Heartbeats of one or many nodes. All are checked before anything is
+        written; the nodes coming back (down, initializing) are marked ready
+        together, in shared raft entries: one write each in turn took longer than
+        a heartbeat's deadline for a fleet of thousands of nodes."""
+        back: list[str] = []
+        for hb in beats:
+            node = self.state.node(hb.node_id)
+            if node is None:
+                raise NotFound(f"node {hb.node_id} not registered")
+            if node.secret_id and hb.secret_id != node.secret_id:
+                raise InvalidRequest([f"node {hb.node_id}: node secret ID does not match"])
+            if node.status != structs.NODE_STATUS_READY:
+                back.append(hb.node_id)
         index = self.state.index
-        if node.status != structs.NODE_STATUS_READY:
-            evals = self._evals_for_node(node_id, structs.TRIGGER_NODE_UPDATE)
-            index = self.propose(
+        if back:
+            cmds = [
                 pb.Command(
                     node_status=pb.NodeStatusCommand(
-                        node_id=node_id, status=structs.NODE_STATUS_READY, evals=evals
+                        node_id=node_id,
+                        status=structs.NODE_STATUS_READY,
+                        evals=self._evals_for_node(node_id, structs.TRIGGER_NODE_UPDATE),
                     )
                 )
-            ).index
+                for node_id in back
+            ]
+            index = max(r.index for r in self.propose_many(cmds))
         ttl = self.heartbeats.ttl()
-        self.heartbeats.reset(node_id, ttl)
+        for hb in beats:
+            self.heartbeats.reset(hb.node_id, ttl)
         return pb.NodeHeartbeatResponse(
             heartbeat_ttl=int(ttl * 1e9), index=index, leader=self.raft.leader()
         )

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from immutables import Map
+from immutables import Map, MapMutation
 
 from corral import structs
 from corral.proto import pb
@@ -37,6 +37,9 @@ JobKey = tuple[str, str]  # (namespace, job id)
 
 _K = TypeVar("_K", str, tuple[str, str])
 _NO_USAGE: tuple[int, int, frozenset[int]] = (0, 0, frozenset())
+
+IdSet = Map[str, bool]  # a persistent set of IDs
+_NO_IDS: IdSet = Map()
 
 TABLES = ("jobs", "nodes", "allocs", "evals", "deployments", "services", "servers")
 
@@ -52,8 +55,12 @@ class Tables:
     job_versions: Map[JobKey, tuple[pb.Job, ...]] = field(default_factory=Map)
     nodes: Map[str, pb.Node] = field(default_factory=Map)
     allocs: Map[str, pb.Allocation] = field(default_factory=Map)
-    allocs_by_node: Map[str, frozenset[str]] = field(default_factory=Map)
-    allocs_by_job: Map[JobKey, frozenset[str]] = field(default_factory=Map)
+    # Allocation IDs by node and by job: persistent sets (maps to True), so adding
+    # one ID is O(log n) whatever the node or job holds. Frozensets cost a copy of
+    # the whole set per write: ~10 ms per 1,000-placement plan at 300,000
+    # allocations, on every server.
+    allocs_by_node: Map[str, IdSet] = field(default_factory=Map)
+    allocs_by_job: Map[JobKey, IdSet] = field(default_factory=Map)
     evals: Map[str, pb.Evaluation] = field(default_factory=Map)
     evals_by_job: Map[JobKey, frozenset[str]] = field(default_factory=Map)
     deployments: Map[str, pb.Deployment] = field(default_factory=Map)
@@ -367,7 +374,8 @@ class _WriteTxn:
             if current is None:
                 current = self.t.node_usage.get(node_id) or _NO_USAGE
             c, m, p = current
-            p = p | frozenset(ports) if sign > 0 else p - frozenset(ports)
+            if ports:
+                p = p | frozenset(ports) if sign > 0 else p - frozenset(ports)
             usage[node_id] = (c + sign * cpu, m + sign * mem, p)
         if old is not None and (new is None or structs.is_alloc_terminal(new)):
             self._store.footprints.pop(old.id, None)  # no longer counted anywhere
@@ -400,15 +408,15 @@ class _WriteTxn:
         if removed_node or by_node:
             with t.allocs_by_node.mutate() as index:
                 for node_id, ids in removed_node.items():
-                    index[node_id] = index.get(node_id, frozenset()) - ids
+                    _id_set_update(index, node_id, remove=ids)
                 for node_id, ids in by_node.items():
-                    index[node_id] = index.get(node_id, frozenset()) | ids
+                    _id_set_update(index, node_id, add=ids)
                 t.allocs_by_node = index.finish()
         if by_job:
-            with t.allocs_by_job.mutate() as index:
+            with t.allocs_by_job.mutate() as jindex:
                 for key, ids in by_job.items():
-                    index[key] = index.get(key, frozenset()) | ids
-                t.allocs_by_job = index.finish()
+                    _id_set_update(jindex, key, add=ids)
+                t.allocs_by_job = jindex.finish()
         self.touch("allocs")
 
     def delete_allocs(self, alloc_ids: Iterable[str]) -> None:
@@ -420,8 +428,8 @@ class _WriteTxn:
                 continue
             t.allocs = t.allocs.delete(alloc_id)
             self._account(usage, old, None)
-            t.allocs_by_node = _remove(t.allocs_by_node, old.node_id, alloc_id)
-            t.allocs_by_job = _remove(t.allocs_by_job, (old.namespace, old.job_id), alloc_id)
+            t.allocs_by_node = _id_set_remove(t.allocs_by_node, old.node_id, alloc_id)
+            t.allocs_by_job = _id_set_remove(t.allocs_by_job, (old.namespace, old.job_id), alloc_id)
         if usage:
             t.node_usage = t.node_usage.update(usage)
         self.touch("allocs")
@@ -499,4 +507,31 @@ def _remove(index: Map[_K, frozenset[str]], key: _K, value: str) -> Map[_K, froz
     if current is None:
         return index
     rest = current - {value}
+    return index.set(key, rest) if rest else index.delete(key)
+
+
+def _id_set_update(
+    index: MapMutation[_K, IdSet],
+    key: _K,
+    add: Iterable[str] = (),
+    remove: Iterable[str] = (),
+) -> None:
+    """Add and remove IDs in the persistent set ``index[key]`` (dropped when empty)."""
+    with index.get(key, _NO_IDS).mutate() as ids:
+        for i in remove:
+            ids.pop(i, None)
+        for i in add:
+            ids[i] = True
+        result = ids.finish()
+    if result:
+        index[key] = result
+    else:
+        index.pop(key, None)
+
+
+def _id_set_remove(index: Map[_K, IdSet], key: _K, value: str) -> Map[_K, IdSet]:
+    current = index.get(key)
+    if current is None or value not in current:
+        return index
+    rest = current.delete(value)
     return index.set(key, rest) if rest else index.delete(key)

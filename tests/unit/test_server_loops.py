@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from corral import structs
 from corral.client.restarts import DONE, FAIL, RESTART, RestartTracker
 from corral.proto import pb
 from corral.server.eval_broker import DELIVERY_LIMIT, EvalBroker
 from corral.server.fsm import FSM
 from corral.server.plan_apply import evaluate_plan
-from corral.server.server import InvalidRequest, Server, ServerConfig
+from corral.server.server import InvalidRequest, NotFound, Server, ServerConfig
 from corral.server.state import StateStore
 from tests.support import factories as f
 from tests.support.factories import command
@@ -206,5 +208,41 @@ def test_scaling_a_job_places_the_new_count() -> None:
         assert ev is not None and ev.status == structs.EVAL_STATUS_COMPLETE
         job = server.state.job("default", "web")
         assert job is not None and job.version == 1 and job.task_groups[0].count == 4
+    finally:
+        server.stop()
+
+
+def test_heartbeats_of_many_returning_nodes_share_raft_entries() -> None:
+    """A fleet's nodes marked down come back in one heartbeat call: all ready, in
+    far fewer raft entries than nodes; an unknown node in the batch changes nothing."""
+    server = Server(ServerConfig(in_memory=True, num_workers=1))
+    server.start()
+    try:
+        assert server.wait_leader(5)
+        nodes = [f.node() for _ in range(300)]
+        for node in nodes:
+            server.register_node(node)
+        for node in nodes:
+            server._node_expired(node.id)
+        assert {n.status for n in server.state.nodes()} == {structs.NODE_STATUS_DOWN}
+        beats = [pb.NodeHeartbeatRequest(node_id=n.id, secret_id=n.secret_id) for n in nodes]
+
+        before = server.state.index
+        with pytest.raises(NotFound):
+            server.heartbeat_many([*beats[:5], pb.NodeHeartbeatRequest(node_id="nope")])
+        assert server.state.index == before
+
+        entries = []
+        propose = server.raft.propose
+
+        def counting_propose(data: bytes, timeout: float = 10.0) -> object:
+            entries.append(len(data))
+            return propose(data, timeout)
+
+        server.raft.propose = counting_propose  # type: ignore[method-assign]
+        server.heartbeat_many(beats)
+        assert {n.status for n in server.state.nodes()} == {structs.NODE_STATUS_READY}
+        assert server.state.index == before + len(nodes)  # one command per node...
+        assert len(entries) <= 10  # ...in shared raft entries
     finally:
         server.stop()
