@@ -553,6 +553,11 @@ class CorralClient:
         )
         return resp
 
+    def system_gc(self) -> pb.SystemGCResponse:
+        """Garbage-collect every terminal evaluation and allocation now."""
+        resp: pb.SystemGCResponse = self._call(self._operator.SystemGC, pb.StatusRequest())
+        return resp
+
     def raft_remove_peer(self, address: str) -> pb.WriteResponse:
         """Remove the server whose raft address is ``address`` from the cluster."""
         resp: pb.WriteResponse = self._call(

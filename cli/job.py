@@ -55,7 +55,9 @@ def _parse_job_file(path: str, exit_code: int = 1) -> pb.Job:
 
 @job.command("run")
 @click.argument("file", type=click.Path(allow_dash=True, dir_okay=False, exists=True))
-@click.option("--detach", is_flag=True, help="Return after submitting; do not monitor.")
+@click.option(
+    "--detach", "-detach", "detach", is_flag=True, help="Return after submitting; do not monitor."
+)
 @click.option(
     "--check-index",
     "-check-index",

@@ -126,10 +126,11 @@ def _register() -> None:
     cli.add_command(eval.eval_group)
     cli.add_command(operator.server_group)
     cli.add_command(operator.operator)
+    cli.add_command(operator.system_group)
     for group in (job.job, alloc.alloc, node.node, eval.eval_group):
         for command in group.commands.values():
             command.params.append(address_option())
-    for group in (operator.server_group, operator.operator):
+    for group in (operator.server_group, operator.operator, operator.system_group):
         _add_address_option(group)
     cli.add_command(service.service)
     _add_address_option(service.service)

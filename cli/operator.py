@@ -201,3 +201,29 @@ def add_peer(ctx: click.Context, peer: str | None, peer_address: str | None) -> 
 def keygen() -> None:
     """Print a new random cluster key (32 bytes, base64) for ``agent --encrypt``."""
     click.echo(base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode())
+
+
+# ---------------------------------------------------------------- system gc
+
+
+@click.group("system")
+def system_group() -> None:
+    """Cluster-wide maintenance."""
+
+
+@system_group.command("gc")
+@json_option
+@click.pass_context
+def system_gc(ctx: click.Context, as_json: bool) -> None:
+    """Garbage-collect terminal evaluations and allocations now (nomad system gc).
+
+    The leader also does it every 5 minutes for those older than an hour; running
+    allocations, and failed ones that may still be rescheduled, are never collected.
+    """
+    resp = get_client(ctx).system_gc()
+    if as_json:
+        echo_json({"EvalsDeleted": resp.evals_deleted, "AllocsDeleted": resp.allocs_deleted})
+        return
+    click.echo(
+        f"Garbage collected {resp.evals_deleted} evaluations and {resp.allocs_deleted} allocations"
+    )

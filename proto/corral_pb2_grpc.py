@@ -1742,6 +1742,11 @@ class OperatorServiceStub:
                 request_serializer=corral_dot_proto_dot_corral__pb2.ServerMember.SerializeToString,
                 response_deserializer=corral_dot_proto_dot_corral__pb2.WriteResponse.FromString,
                 _registered_method=True)
+        self.SystemGC = channel.unary_unary(
+                '/corral.v1.OperatorService/SystemGC',
+                request_serializer=corral_dot_proto_dot_corral__pb2.StatusRequest.SerializeToString,
+                response_deserializer=corral_dot_proto_dot_corral__pb2.SystemGCResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -1778,6 +1783,13 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SystemGC(self, request, context):
+        """Garbage-collect every terminal evaluation and allocation now (nomad system gc).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1805,6 +1817,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.RegisterServer,
                     request_deserializer=corral_dot_proto_dot_corral__pb2.ServerMember.FromString,
                     response_serializer=corral_dot_proto_dot_corral__pb2.WriteResponse.SerializeToString,
+            ),
+            'SystemGC': grpc.unary_unary_rpc_method_handler(
+                    servicer.SystemGC,
+                    request_deserializer=corral_dot_proto_dot_corral__pb2.StatusRequest.FromString,
+                    response_serializer=corral_dot_proto_dot_corral__pb2.SystemGCResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1942,6 +1959,33 @@ class OperatorService:
             '/corral.v1.OperatorService/RegisterServer',
             corral_dot_proto_dot_corral__pb2.ServerMember.SerializeToString,
             corral_dot_proto_dot_corral__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SystemGC(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.OperatorService/SystemGC',
+            corral_dot_proto_dot_corral__pb2.StatusRequest.SerializeToString,
+            corral_dot_proto_dot_corral__pb2.SystemGCResponse.FromString,
             options,
             channel_credentials,
             insecure,

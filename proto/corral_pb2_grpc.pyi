@@ -446,6 +446,8 @@ class OperatorServiceStub:
     StateDigest: _grpc.UnaryUnaryMultiCallable[_corral_pb2.StatusRequest, _corral_pb2.StateDigestResponse]
     RegisterServer: _grpc.UnaryUnaryMultiCallable[_corral_pb2.ServerMember, _corral_pb2.WriteResponse]
     """Internal: a server announces its addresses (forwarded to the leader)."""
+    SystemGC: _grpc.UnaryUnaryMultiCallable[_corral_pb2.StatusRequest, _corral_pb2.SystemGCResponse]
+    """Garbage-collect every terminal evaluation and allocation now (nomad system gc)."""
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -456,6 +458,8 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     StateDigest: _aio.UnaryUnaryMultiCallable[_corral_pb2.StatusRequest, _corral_pb2.StateDigestResponse]  # type: ignore[assignment]
     RegisterServer: _aio.UnaryUnaryMultiCallable[_corral_pb2.ServerMember, _corral_pb2.WriteResponse]  # type: ignore[assignment]
     """Internal: a server announces its addresses (forwarded to the leader)."""
+    SystemGC: _aio.UnaryUnaryMultiCallable[_corral_pb2.StatusRequest, _corral_pb2.SystemGCResponse]  # type: ignore[assignment]
+    """Garbage-collect every terminal evaluation and allocation now (nomad system gc)."""
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -493,6 +497,14 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_corral_pb2.WriteResponse, _abc.Awaitable[_corral_pb2.WriteResponse]]:
         """Internal: a server announces its addresses (forwarded to the leader)."""
+
+    @_abc_1.abstractmethod
+    def SystemGC(
+        self,
+        request: _corral_pb2.StatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_corral_pb2.SystemGCResponse, _abc.Awaitable[_corral_pb2.SystemGCResponse]]:
+        """Garbage-collect every terminal evaluation and allocation now (nomad system gc)."""
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -586,6 +586,10 @@ class OperatorEndpoint(_Base, rpc.OperatorServiceServicer):
         return pb.WriteResponse(index=self.server.state.index)
 
     @_rpc("write")
+    def SystemGC(self, request: pb.StatusRequest, context: Any) -> pb.SystemGCResponse:
+        return self.server.system_gc()
+
+    @_rpc("write")
     def RaftRemovePeer(self, request: pb.RaftPeerRequest, context: Any) -> pb.WriteResponse:
         self.server.change_membership(request.address, add=False)
         return pb.WriteResponse(index=self.server.state.index)

@@ -296,7 +296,12 @@ class FSM:
         return ""
 
     def _eval_delete(self, txn: _WriteTxn, cmd: pb.Command) -> str:
-        txn.delete_evals(cmd.eval_delete.eval_ids)
+        """Garbage collection: delete exactly the evaluations and allocations named."""
+        req = cmd.eval_delete
+        txn.delete_evals(req.eval_ids)
+        if req.alloc_ids:
+            txn.delete_allocs(req.alloc_ids)
+            self._drop_services_of(txn, set(req.alloc_ids))
         return ""
 
     def _apply_plan(self, txn: _WriteTxn, cmd: pb.Command) -> str:

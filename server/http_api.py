@@ -172,6 +172,8 @@ class HTTPAPI:
             return self._services(query, ns)
         if rest[0] == "service" and len(rest) >= 2 and method == "GET":
             return self._service(query, ns, unquote("/".join(rest[1:])))
+        if rest == ["system", "gc"] and method in ("PUT", "POST"):
+            return None, s.system_gc().index
         if rest == ["status", "leader"]:
             return s.raft.leader(), state.index
         if rest == ["status", "peers"]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from corral import structs
 from corral.proto import pb
+from corral.server.core_gc import CoreGC
 from corral.server.eval_broker import EvalBroker
 from corral.server.fsm import COMMAND_SCHEMA, FSM, ApplyResult
 from corral.server.group_commit import GroupCommit
@@ -115,6 +116,7 @@ class Server:
         self._leading = False
         self._unblock = threading.Event()
         self._unblock_thread: threading.Thread | None = None
+        self.core_gc = CoreGC(self, now_ns)
         self.raft.on_leadership(self._on_leadership)
         self.forwarder: object | None = None
         self._stopping = threading.Event()
@@ -276,6 +278,7 @@ class Server:
         from corral.server.deployment_watcher import DeploymentWatcher
 
         DeploymentWatcher(self, lambda: self._leading, now_ns).start()
+        self.core_gc.start()
 
     def _revoke_leadership(self) -> None:
         log.info("leadership lost; stopping leader loops")
@@ -636,6 +639,10 @@ class Server:
         return pb.NodeHeartbeatResponse(
             heartbeat_ttl=int(ttl * 1e9), index=result.index, leader=self.raft.leader()
         )
+
+    def system_gc(self) -> pb.SystemGCResponse:
+        """``corral system gc``: collect every terminal evaluation and allocation now."""
+        return self.core_gc.run_once(threshold_ns=0)
 
     def heartbeat(self, node_id: str, secret_id: str) -> pb.NodeHeartbeatResponse:
         return self.heartbeat_many([pb.NodeHeartbeatRequest(node_id=node_id, secret_id=secret_id)])

@@ -197,3 +197,64 @@ def test_http_api_speaks_nomad_json(agent: DevAgent) -> None:
     assert err.value.code == 400 and b"Bogus" in err.value.read()
     cli(agent, "job", "stop", "--purge", "hello-json")
     assert os.path.isdir(agent.data_dir)
+
+
+def test_system_gc_reaps_finished_work_and_keeps_running_work(tmp_path: Path) -> None:
+    """``corral system gc`` (nomad system gc): a finished batch job's evaluation and
+    allocation are deleted at once, a running service's allocation is kept."""
+    (tmp_path / "done.hcl").write_text(
+        """
+job "done" {
+  type = "batch"
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/true"
+      }
+    }
+  }
+}
+"""
+    )
+    (tmp_path / "busy.hcl").write_text(
+        """
+job "busy" {
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sleep"
+        args = ["300"]
+      }
+    }
+  }
+}
+"""
+    )
+    with DevAgent(base_dir=tmp_path / "gc") as agent:
+        for name in ("done", "busy"):
+            run = cli(agent, "job", "run", "-detach", str(tmp_path / f"{name}.hcl"))
+            assert run.returncode == 0, run.stdout + run.stderr
+        wait_for(
+            lambda: (
+                [a["ClientStatus"] for a in job_status(agent, "done")["Allocations"]]
+                == ["complete"]
+            ),
+            timeout=60,
+            message="the batch job completes",
+        )
+        running_allocs(agent, "busy", 1)
+
+        out = cli(agent, "system", "gc")
+        assert out.returncode == 0, out.stderr
+        assert "and 1 allocations" in out.stdout, out.stdout
+        assert job_status(agent, "done")["Allocations"] == []
+        assert len(running_allocs(agent, "busy", 1)) == 1
+        again = cli(agent, "system", "gc", "--json")
+        assert json.loads(again.stdout) == {"EvalsDeleted": 0, "AllocsDeleted": 0}
+        # Nomad's HTTP endpoint, for API scripts.
+        req = urllib.request.Request(f"{agent.http_url}/v1/system/gc", method="PUT")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200
+            assert int(resp.headers["X-Nomad-Index"]) > 0

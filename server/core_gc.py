@@ -1,0 +1,133 @@
+"""Core garbage collection (leader only): Nomad's eval and alloc reaping.
+
+Without it a long-running cluster keeps every evaluation and every stopped or
+finished allocation forever: each job update, scale or reschedule adds some, and a
+server's memory grows with its history instead of with its work. As Nomad does, the
+leader periodically deletes terminal evaluations older than a threshold (Nomad's
+``eval_gc_threshold``, 1 h) together with their terminal allocations, through one
+raft command naming the IDs (the FSM stays deterministic: the choice, which reads
+the clock, is made here). ``corral system gc`` runs it at once with no threshold.
+
+What is kept, whatever its age:
+
+* evaluations that are not terminal (pending, blocked), and terminal ones that
+  still have an allocation which is not collectable;
+* allocations whose client has not reported them terminal (a stopped allocation
+  may still be running until its client confirms);
+* a failed allocation that may still be rescheduled (no replacement yet, job
+  running): the reschedule policy counts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from corral import structs
+from corral.proto import pb
+from corral.server.state import StateReader
+
+if TYPE_CHECKING:
+    from corral.server.server import Server
+
+log = logging.getLogger(__name__)
+
+EVAL_GC_THRESHOLD_NS = 3600 * 10**9  # Nomad's eval_gc_threshold: 1 h
+GC_INTERVAL_S = 300.0  # Nomad's eval_gc_interval: 5 min
+DELETE_CHUNK = 1000  # IDs per raft command
+
+_TERMINAL_EVAL = (
+    structs.EVAL_STATUS_COMPLETE,
+    structs.EVAL_STATUS_FAILED,
+    structs.EVAL_STATUS_CANCELED,
+)
+
+
+def collectable_alloc(state: StateReader, alloc: pb.Allocation, cutoff_ns: int) -> bool:
+    if alloc.client_status not in structs.ALLOC_TERMINAL_CLIENT:
+        return False
+    if alloc.modify_time > cutoff_ns:
+        return False
+    if alloc.client_status == structs.ALLOC_CLIENT_FAILED and not alloc.next_allocation:
+        job = state.job(alloc.namespace, alloc.job_id)
+        if job is not None and not job.stop:
+            return False  # may still be rescheduled: its policy counts this attempt
+    return True
+
+
+def collect(state: StateReader, now_ns: int, threshold_ns: int) -> tuple[list[str], list[str]]:
+    """(evaluation IDs, allocation IDs) to delete, in a stable order."""
+    cutoff = now_ns - threshold_ns
+    evals: list[str] = []
+    allocs: list[str] = []
+    by_eval: dict[str, list[pb.Allocation]] = {}
+    for alloc in state.allocs():
+        by_eval.setdefault(alloc.eval_id, []).append(alloc)
+    for ev in state.evals():
+        if ev.status not in _TERMINAL_EVAL or ev.modify_time > cutoff:
+            continue
+        own = by_eval.pop(ev.id, [])
+        if all(collectable_alloc(state, a, cutoff) for a in own):
+            evals.append(ev.id)
+            allocs.extend(a.id for a in own)
+    # Allocations whose evaluation is already gone (deleted earlier, or never stored).
+    for eval_id, own in by_eval.items():
+        if state.eval(eval_id) is None:
+            allocs.extend(a.id for a in own if collectable_alloc(state, a, cutoff))
+    return sorted(evals), sorted(allocs)
+
+
+def delete_commands(evals: list[str], allocs: list[str]) -> list[pb.Command]:
+    """The deletions as raft commands of at most DELETE_CHUNK IDs each."""
+    cmds = []
+    for i in range(0, max(len(evals), len(allocs)), DELETE_CHUNK):
+        cmds.append(
+            pb.Command(
+                eval_delete=pb.EvalDeleteCommand(
+                    eval_ids=evals[i : i + DELETE_CHUNK], alloc_ids=allocs[i : i + DELETE_CHUNK]
+                )
+            )
+        )
+    return cmds
+
+
+class CoreGC:
+    """The leader's periodic collection."""
+
+    def __init__(
+        self,
+        server: Server,
+        now_ns: Callable[[], int],
+        interval_s: float = GC_INTERVAL_S,
+        threshold_ns: int = EVAL_GC_THRESHOLD_NS,
+    ) -> None:
+        self.server = server
+        self.now_ns = now_ns
+        self.interval_s = interval_s
+        self.threshold_ns = threshold_ns
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="core-gc", daemon=True).start()
+
+    def _run(self) -> None:
+        stopping = self.server._stopping
+        while not stopping.wait(self.interval_s):
+            if not self.server._leading:
+                return
+            try:
+                self.run_once(self.threshold_ns)
+            except Exception:
+                log.exception("core GC failed")
+
+    def run_once(self, threshold_ns: int) -> pb.SystemGCResponse:
+        evals, allocs = collect(self.server.state.snapshot(), self.now_ns(), threshold_ns)
+        index = self.server.state.index
+        if evals or allocs:
+            results = self.server.propose_many(delete_commands(evals, allocs))
+            index = max(r.index for r in results)
+            log.info("core GC deleted %d evaluations and %d allocations", len(evals), len(allocs))
+        return pb.SystemGCResponse(
+            evals_deleted=len(evals), allocs_deleted=len(allocs), index=index
+        )
