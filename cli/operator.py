@@ -215,15 +215,23 @@ def system_group() -> None:
 @json_option
 @click.pass_context
 def system_gc(ctx: click.Context, as_json: bool) -> None:
-    """Garbage-collect terminal evaluations and allocations now (nomad system gc).
+    """Garbage-collect finished evaluations, allocations, deployments now.
 
-    The leader also does it every 5 minutes for those older than an hour; running
-    allocations, and failed ones that may still be rescheduled, are never collected.
+    As ``nomad system gc``. The leader also does it every 5 minutes for those older
+    than an hour; running allocations, failed ones that may still be rescheduled,
+    and a job's latest deployment are never collected.
     """
     resp = get_client(ctx).system_gc()
     if as_json:
-        echo_json({"EvalsDeleted": resp.evals_deleted, "AllocsDeleted": resp.allocs_deleted})
+        echo_json(
+            {
+                "EvalsDeleted": resp.evals_deleted,
+                "AllocsDeleted": resp.allocs_deleted,
+                "DeploymentsDeleted": resp.deployments_deleted,
+            }
+        )
         return
     click.echo(
-        f"Garbage collected {resp.evals_deleted} evaluations and {resp.allocs_deleted} allocations"
+        f"Garbage collected {resp.evals_deleted} evaluations, "
+        f"{resp.allocs_deleted} allocations and {resp.deployments_deleted} deployments"
     )

@@ -2448,19 +2448,23 @@ class EvalDeleteCommand(_message.Message):
 
     EVAL_IDS_FIELD_NUMBER: _builtins.int
     ALLOC_IDS_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def eval_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def alloc_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def deployment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         eval_ids: _abc.Iterable[_builtins.str] | None = ...,
         alloc_ids: _abc.Iterable[_builtins.str] | None = ...,
+        deployment_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_ids", b"alloc_ids", "eval_ids", b"eval_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_ids", b"alloc_ids", "deployment_ids", b"deployment_ids", "eval_ids", b"eval_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -4817,19 +4821,22 @@ class SystemGCResponse(_message.Message):
     EVALS_DELETED_FIELD_NUMBER: _builtins.int
     ALLOCS_DELETED_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
+    DEPLOYMENTS_DELETED_FIELD_NUMBER: _builtins.int
     evals_deleted: _builtins.int
     allocs_deleted: _builtins.int
     index: _builtins.int
+    deployments_deleted: _builtins.int
     def __init__(
         self,
         *,
         evals_deleted: _builtins.int = ...,
         allocs_deleted: _builtins.int = ...,
         index: _builtins.int = ...,
+        deployments_deleted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocs_deleted", b"allocs_deleted", "evals_deleted", b"evals_deleted", "index", b"index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocs_deleted", b"allocs_deleted", "deployments_deleted", b"deployments_deleted", "evals_deleted", b"evals_deleted", "index", b"index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -15,7 +15,11 @@ What is kept, whatever its age:
 * allocations whose client has not reported them terminal (a stopped allocation
   may still be running until its client confirms);
 * a failed allocation that may still be rescheduled (no replacement yet, job
-  running): the reschedule policy counts it.
+  running): the reschedule policy counts it;
+* a job's latest deployment, and any deployment a live allocation belongs to.
+  Deployments carry no timestamp, so their age counts from when the leader first
+  saw them terminal (a new leader starts counting again), as Nomad's deployment GC
+  approximates it with its index-to-time table.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ EVAL_GC_THRESHOLD_NS = 3600 * 10**9  # Nomad's eval_gc_threshold: 1 h
 GC_INTERVAL_S = 300.0  # Nomad's eval_gc_interval: 5 min
 DELETE_CHUNK = 1000  # IDs per raft command
 
+_TERMINAL_DEPLOYMENT = ("successful", "failed", "cancelled")  # deployment_watcher.TERMINAL
 _TERMINAL_EVAL = (
     structs.EVAL_STATUS_COMPLETE,
     structs.EVAL_STATUS_FAILED,
@@ -79,14 +84,48 @@ def collect(state: StateReader, now_ns: int, threshold_ns: int) -> tuple[list[st
     return sorted(evals), sorted(allocs)
 
 
-def delete_commands(evals: list[str], allocs: list[str]) -> list[pb.Command]:
-    """The deletions as raft commands of at most DELETE_CHUNK IDs each."""
+def collect_deployments(
+    state: StateReader, now_ns: int, threshold_ns: int, first_seen_terminal: dict[str, int]
+) -> list[str]:
+    """Terminal deployments collectable now; updates ``first_seen_terminal``."""
+    latest: dict[tuple[str, str], pb.Deployment] = {}
+    terminal: list[pb.Deployment] = []
+    for d in state.deployments():
+        key = (d.namespace, d.job_id)
+        if key not in latest or d.create_index > latest[key].create_index:
+            latest[key] = d
+        if d.status in _TERMINAL_DEPLOYMENT:
+            terminal.append(d)
+    in_use = {
+        a.deployment_id
+        for a in state.allocs()
+        if a.deployment_id and a.client_status not in structs.ALLOC_TERMINAL_CLIENT
+    }
+    seen = {d.id: first_seen_terminal.get(d.id, now_ns) for d in terminal}
+    first_seen_terminal.clear()
+    first_seen_terminal.update(seen)
+    return sorted(
+        d.id
+        for d in terminal
+        if latest[(d.namespace, d.job_id)].id != d.id
+        and d.id not in in_use
+        and now_ns - seen[d.id] >= threshold_ns
+    )
+
+
+def delete_commands(
+    evals: list[str], allocs: list[str], deployments: list[str] | None = None
+) -> list[pb.Command]:
+    """The deletions as raft commands of at most DELETE_CHUNK IDs of each kind."""
+    deployments = deployments or []
     cmds = []
-    for i in range(0, max(len(evals), len(allocs)), DELETE_CHUNK):
+    for i in range(0, max(len(evals), len(allocs), len(deployments)), DELETE_CHUNK):
         cmds.append(
             pb.Command(
                 eval_delete=pb.EvalDeleteCommand(
-                    eval_ids=evals[i : i + DELETE_CHUNK], alloc_ids=allocs[i : i + DELETE_CHUNK]
+                    eval_ids=evals[i : i + DELETE_CHUNK],
+                    alloc_ids=allocs[i : i + DELETE_CHUNK],
+                    deployment_ids=deployments[i : i + DELETE_CHUNK],
                 )
             )
         )
@@ -107,6 +146,7 @@ class CoreGC:
         self.now_ns = now_ns
         self.interval_s = interval_s
         self.threshold_ns = threshold_ns
+        self.first_seen_terminal: dict[str, int] = {}  # deployment ID -> when
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="core-gc", daemon=True).start()
@@ -122,12 +162,23 @@ class CoreGC:
                 log.exception("core GC failed")
 
     def run_once(self, threshold_ns: int) -> pb.SystemGCResponse:
-        evals, allocs = collect(self.server.state.snapshot(), self.now_ns(), threshold_ns)
+        snap = self.server.state.snapshot()
+        now = self.now_ns()
+        evals, allocs = collect(snap, now, threshold_ns)
+        deployments = collect_deployments(snap, now, threshold_ns, self.first_seen_terminal)
         index = self.server.state.index
-        if evals or allocs:
-            results = self.server.propose_many(delete_commands(evals, allocs))
+        if evals or allocs or deployments:
+            results = self.server.propose_many(delete_commands(evals, allocs, deployments))
             index = max(r.index for r in results)
-            log.info("core GC deleted %d evaluations and %d allocations", len(evals), len(allocs))
+            log.info(
+                "core GC deleted %d evaluations, %d allocations, %d deployments",
+                len(evals),
+                len(allocs),
+                len(deployments),
+            )
         return pb.SystemGCResponse(
-            evals_deleted=len(evals), allocs_deleted=len(allocs), index=index
+            evals_deleted=len(evals),
+            allocs_deleted=len(allocs),
+            deployments_deleted=len(deployments),
+            index=index,
         )

@@ -296,12 +296,15 @@ class FSM:
         return ""
 
     def _eval_delete(self, txn: _WriteTxn, cmd: pb.Command) -> str:
-        """Garbage collection: delete exactly the evaluations and allocations named."""
+        """Garbage collection: delete exactly the evaluations, allocations and
+        deployments named."""
         req = cmd.eval_delete
         txn.delete_evals(req.eval_ids)
         if req.alloc_ids:
             txn.delete_allocs(req.alloc_ids)
             self._drop_services_of(txn, set(req.alloc_ids))
+        if req.deployment_ids:
+            txn.delete_deployments(req.deployment_ids)
         return ""
 
     def _apply_plan(self, txn: _WriteTxn, cmd: pb.Command) -> str:

@@ -248,11 +248,15 @@ job "busy" {
 
         out = cli(agent, "system", "gc")
         assert out.returncode == 0, out.stderr
-        assert "and 1 allocations" in out.stdout, out.stdout
+        assert " 1 allocations and " in out.stdout, out.stdout
         assert job_status(agent, "done")["Allocations"] == []
         assert len(running_allocs(agent, "busy", 1)) == 1
         again = cli(agent, "system", "gc", "--json")
-        assert json.loads(again.stdout) == {"EvalsDeleted": 0, "AllocsDeleted": 0}
+        assert json.loads(again.stdout) == {
+            "EvalsDeleted": 0,
+            "AllocsDeleted": 0,
+            "DeploymentsDeleted": 0,
+        }
         # Nomad's HTTP endpoint, for API scripts.
         req = urllib.request.Request(f"{agent.http_url}/v1/system/gc", method="PUT")
         with urllib.request.urlopen(req, timeout=10) as resp:

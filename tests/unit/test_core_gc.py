@@ -7,7 +7,7 @@ import time
 
 from corral import structs
 from corral.proto import pb
-from corral.server.core_gc import collect, delete_commands
+from corral.server.core_gc import collect, collect_deployments, delete_commands
 from corral.server.fsm import FSM
 from corral.server.server import Server, ServerConfig
 from corral.server.state import StateStore
@@ -112,6 +112,40 @@ def test_the_fsm_deletes_exactly_what_the_command_names() -> None:
     assert len(c.fsm.state.allocs()) == 1
     assert c.fsm.state.node_usage(c.node.id) == usage_before
     assert c.fsm.state.allocs_by_job("default", c.job.id)[0].client_status == "running"
+
+
+def test_old_deployments_go_but_the_latest_and_those_in_use_stay() -> None:
+    c = Cluster()
+
+    def deployment(status: str, create_index: int) -> pb.Deployment:
+        d = pb.Deployment(id=f.uid("d"), namespace="default", job_id=c.job.id, status=status)
+        with c.fsm.state.write() as txn:  # as the FSM stores a plan's deployment
+            d.create_index = create_index
+            txn.put_deployment(d)
+        return d
+
+    old = deployment("successful", 1)
+    failed = deployment("failed", 2)
+    in_use = deployment("successful", 3)
+    running = deployment("running", 4)
+    latest = deployment("successful", 5)
+    _, alloc_id = c.place("running")
+    stored = pb.Allocation()
+    stored.CopyFrom(c.fsm.state.alloc(alloc_id))
+    stored.deployment_id = in_use.id
+    with c.fsm.state.write() as txn:
+        txn.put_alloc(stored)
+
+    seen: dict[str, int] = {}
+    # First seen terminal now: too young for a one-hour threshold.
+    assert collect_deployments(c.fsm.state.snapshot(), FAKE_NOW, HOUR, seen) == []
+    later = collect_deployments(c.fsm.state.snapshot(), FAKE_NOW + HOUR, HOUR, seen)
+    assert later == sorted([old.id, failed.id])
+    assert running.id not in seen and latest.id in seen
+    evals: list[str] = []
+    for cmd in delete_commands(evals, [], later):
+        c.fsm.apply(cmd.SerializeToString())
+    assert {d.id for d in c.fsm.state.deployments()} == {in_use.id, running.id, latest.id}
 
 
 def test_delete_commands_are_chunked() -> None:
