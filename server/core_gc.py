@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from corral import structs
 from corral.proto import pb
+from corral.server.deployment_watcher import TERMINAL as TERMINAL_DEPLOYMENT
 from corral.server.state import StateReader
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ EVAL_GC_THRESHOLD_NS = 3600 * 10**9  # Nomad's eval_gc_threshold: 1 h
 GC_INTERVAL_S = 300.0  # Nomad's eval_gc_interval: 5 min
 DELETE_CHUNK = 1000  # IDs per raft command
 
-_TERMINAL_DEPLOYMENT = ("successful", "failed", "cancelled")  # deployment_watcher.TERMINAL
 _TERMINAL_EVAL = (
     structs.EVAL_STATUS_COMPLETE,
     structs.EVAL_STATUS_FAILED,
@@ -51,7 +51,7 @@ _TERMINAL_EVAL = (
 
 
 def collectable_alloc(state: StateReader, alloc: pb.Allocation, cutoff_ns: int) -> bool:
-    if alloc.client_status not in structs.ALLOC_TERMINAL_CLIENT:
+    if not structs.is_client_terminal(alloc):
         return False
     if alloc.modify_time > cutoff_ns:
         return False
@@ -94,12 +94,12 @@ def collect_deployments(
         key = (d.namespace, d.job_id)
         if key not in latest or d.create_index > latest[key].create_index:
             latest[key] = d
-        if d.status in _TERMINAL_DEPLOYMENT:
+        if d.status in TERMINAL_DEPLOYMENT:
             terminal.append(d)
     in_use = {
         a.deployment_id
         for a in state.allocs()
-        if a.deployment_id and a.client_status not in structs.ALLOC_TERMINAL_CLIENT
+        if a.deployment_id and not structs.is_client_terminal(a)
     }
     seen = {d.id: first_seen_terminal.get(d.id, now_ns) for d in terminal}
     first_seen_terminal.clear()

@@ -291,13 +291,11 @@ class Server:
 
     # ------------------------------------------------------------ raft plumbing
     def propose(self, cmd: pb.Command, timeout: float = 15.0) -> ApplyResult:
-        cmd.schema = COMMAND_SCHEMA
-        if not cmd.now:
-            cmd.now = now_ns()
-        return self._group_commit.propose(cmd.SerializeToString(), timeout)
+        return self.propose_many([cmd], timeout)[0]
 
     def propose_many(self, cmds: list[pb.Command], timeout: float = 15.0) -> list[ApplyResult]:
-        """Propose several commands at once (they share raft entries); one result each."""
+        """Propose commands at once (they share raft entries); one result each. The
+        proposer stamps the schema and ``now``, so that the FSM never reads a clock."""
         now = now_ns()
         futures = []
         for cmd in cmds:

@@ -12,7 +12,7 @@ nodes with the old one. So:
   one reference swap when it completes: readers never see half a command.
 * Stored messages are never mutated after insertion: a writer builds a new message
   (``CopyFrom`` of the old one) and replaces the entry. Secondary indexes
-  (allocations by node, by job...) map to ``frozenset``s, replaced, not mutated.
+  (allocations by node, by job...) map to persistent sets of IDs (``IdSet``).
 
 Every write carries the state index (one per applied command); readers can block
 until an index passes (``wait_for_index``), which gives Nomad's blocking queries.
@@ -55,17 +55,16 @@ class Tables:
     job_versions: Map[JobKey, tuple[pb.Job, ...]] = field(default_factory=Map)
     nodes: Map[str, pb.Node] = field(default_factory=Map)
     allocs: Map[str, pb.Allocation] = field(default_factory=Map)
-    # Allocation IDs by node and by job: persistent sets (maps to True), so adding
-    # one ID is O(log n) whatever the node or job holds. Frozensets cost a copy of
-    # the whole set per write: ~10 ms per 1,000-placement plan at 300,000
-    # allocations, on every server.
+    # Indexes: persistent sets of IDs (maps to True), so adding one ID is O(log n)
+    # whatever the node or job holds. Frozensets cost a copy of the whole set per
+    # write: ~10 ms per 1,000-placement plan at 300,000 allocations, every server.
     allocs_by_node: Map[str, IdSet] = field(default_factory=Map)
     allocs_by_job: Map[JobKey, IdSet] = field(default_factory=Map)
     evals: Map[str, pb.Evaluation] = field(default_factory=Map)
-    evals_by_job: Map[JobKey, frozenset[str]] = field(default_factory=Map)
+    evals_by_job: Map[JobKey, IdSet] = field(default_factory=Map)
     deployments: Map[str, pb.Deployment] = field(default_factory=Map)
     services: Map[str, pb.ServiceRegistration] = field(default_factory=Map)
-    services_by_name: Map[tuple[str, str], frozenset[str]] = field(default_factory=Map)
+    services_by_name: Map[tuple[str, str], IdSet] = field(default_factory=Map)
     # Server agents by raft address: how to reach each one's gRPC and HTTP.
     servers: Map[str, pb.ServerMember] = field(default_factory=Map)
     # What the live allocations of each node use: (cpu MHz, memory MB, host ports).
@@ -438,7 +437,7 @@ class _WriteTxn:
     def put_eval(self, ev: pb.Evaluation) -> None:
         t = self.t
         if ev.id not in t.evals:
-            t.evals_by_job = _add(t.evals_by_job, (ev.namespace, ev.job_id), ev.id)
+            t.evals_by_job = _id_set_add(t.evals_by_job, (ev.namespace, ev.job_id), ev.id)
         t.evals = t.evals.set(ev.id, ev)
         self.touch("evals")
 
@@ -448,7 +447,9 @@ class _WriteTxn:
             old = t.evals.get(eval_id)
             if old is not None:
                 t.evals = t.evals.delete(eval_id)
-                t.evals_by_job = _remove(t.evals_by_job, (old.namespace, old.job_id), eval_id)
+                t.evals_by_job = _id_set_remove(
+                    t.evals_by_job, (old.namespace, old.job_id), eval_id
+                )
         self.touch("evals")
 
     # deployments -------------------------------------------------------
@@ -465,7 +466,9 @@ class _WriteTxn:
     def put_service(self, s: pb.ServiceRegistration) -> None:
         t = self.t
         if s.id not in t.services:
-            t.services_by_name = _add(t.services_by_name, (s.namespace, s.service_name), s.id)
+            t.services_by_name = _id_set_add(
+                t.services_by_name, (s.namespace, s.service_name), s.id
+            )
         t.services = t.services.set(s.id, s)
         self.touch("services")
 
@@ -475,7 +478,7 @@ class _WriteTxn:
             old = t.services.get(sid)
             if old is not None:
                 t.services = t.services.delete(sid)
-                t.services_by_name = _remove(
+                t.services_by_name = _id_set_remove(
                     t.services_by_name, (old.namespace, old.service_name), sid
                 )
         self.touch("services")
@@ -498,18 +501,6 @@ def _without(table: Map[_KT, _VT], key: _KT) -> Map[_KT, _VT]:
     return table.delete(key) if key in table else table
 
 
-def _add(index: Map[_K, frozenset[str]], key: _K, value: str) -> Map[_K, frozenset[str]]:
-    return index.set(key, index.get(key, frozenset()) | {value})
-
-
-def _remove(index: Map[_K, frozenset[str]], key: _K, value: str) -> Map[_K, frozenset[str]]:
-    current = index.get(key)
-    if current is None:
-        return index
-    rest = current - {value}
-    return index.set(key, rest) if rest else index.delete(key)
-
-
 def _id_set_update(
     index: MapMutation[_K, IdSet],
     key: _K,
@@ -527,6 +518,10 @@ def _id_set_update(
         index[key] = result
     else:
         index.pop(key, None)
+
+
+def _id_set_add(index: Map[_K, IdSet], key: _K, value: str) -> Map[_K, IdSet]:
+    return index.set(key, index.get(key, _NO_IDS).set(value, True))
 
 
 def _id_set_remove(index: Map[_K, IdSet], key: _K, value: str) -> Map[_K, IdSet]:
