@@ -12,7 +12,7 @@
 #
 # Environment:
 #   IMAGE    image to build      (default corral-busybox:latest)
-#   BUSYBOX  static busybox path (default: /bin/busybox, else `command -v busybox`)
+#   BUSYBOX  static busybox path (default: the first static one of /bin/busybox and PATH)
 #   FORCE=1  rebuild even when up to date
 #
 # This script installs nothing: CI installs busybox-static and docker.io first.
@@ -33,22 +33,29 @@ if ! timeout 20 docker version --format '{{.Server.Version}}' >/dev/null 2>&1; t
 	die "no Docker engine answers (is dockerd running? try: nohup dockerd >/tmp/dockerd.log 2>&1 &)"
 fi
 
+is_static() { ! LC_ALL=C grep -aq 'ld-linux' <(head -c 4096 "$1"); }
+
 BUSYBOX="${BUSYBOX:-}"
 if [[ -z "$BUSYBOX" ]]; then
-	if [[ -x /bin/busybox ]]; then
-		BUSYBOX=/bin/busybox
-	else
-		BUSYBOX="$(command -v busybox || true)"
-	fi
+	# The first static busybox among /bin/busybox and those on PATH: Debian's
+	# `busybox` package is dynamically linked and would not run in an empty rootfs.
+	while IFS= read -r candidate; do
+		if [[ -x "$candidate" ]] && is_static "$(readlink -f "$candidate")"; then
+			BUSYBOX="$candidate"
+			break
+		fi
+	done < <(
+		echo /bin/busybox
+		type -ap busybox || true
+	)
+	[[ -n "$BUSYBOX" ]] || die "no static busybox found (apt-get install busybox-static)"
 fi
-[[ -n "$BUSYBOX" && -x "$BUSYBOX" ]] || die "busybox not found (apt-get install busybox-static)"
+[[ -x "$BUSYBOX" ]] || die "$BUSYBOX is not an executable (apt-get install busybox-static)"
 BUSYBOX="$(readlink -f "$BUSYBOX")"
 
 # A dynamically linked busybox would not run in an empty rootfs: refuse it
 # with a clear message rather than producing an image whose /bin/sh fails.
-if LC_ALL=C grep -aq 'ld-linux' <(head -c 4096 "$BUSYBOX"); then
-	die "$BUSYBOX is dynamically linked; install Debian's busybox-static"
-fi
+is_static "$BUSYBOX" || die "$BUSYBOX is dynamically linked; install Debian's busybox-static"
 
 BUILD_HASH="$(cat "$SCRIPT_PATH" "$BUSYBOX" | sha256sum | cut -c1-16)"
 

