@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
+from corral import clusterkey
 from corral.agentconfig import AgentConfig
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR")
@@ -110,7 +111,13 @@ def _port(name: str, help_text: str) -> Callable[[F], F]:
     metavar="A,B,C",
     help="Server: raft addresses of all servers. Client: gRPC addresses of the servers.",
 )
-@click.option("--encrypt", default=None, metavar="KEY", help="Cluster key for raft peers.")
+@click.option(
+    "--encrypt",
+    default=None,
+    metavar="KEY",
+    help="Cluster key for raft peers, from `corral operator keygen` (required with "
+    "--servers; a single server keeps its own in its data dir).",
+)
 @click.option("--datacenter", default=None, help="Datacenter of this client [dc1].")
 @click.option("--node-class", default=None, help="Node class of this client.")
 @click.option("--node-name", default=None, help="Node name [hostname].")
@@ -208,6 +215,11 @@ def build_config(ctx: click.Context, opts: dict[str, Any]) -> AgentConfig:
     ):
         if opts[name] is not None:
             setattr(cfg, name, opts[name])
+    if cfg.encrypt:
+        try:
+            cfg.encrypt = clusterkey.validate(cfg.encrypt)
+        except clusterkey.ClusterKeyError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--encrypt'") from None
     ports = [p for p in (cfg.http_port, cfg.rpc_port, cfg.raft_port if is_server else None) if p]
     if len(ports) != len(set(ports)):
         raise click.UsageError("--http-port, --rpc-port and --raft-port must differ")

@@ -10,19 +10,16 @@ the raft configuration joined with what each server announced about itself, and
 
 from __future__ import annotations
 
-import base64
-import secrets
 from collections.abc import Iterable
 from importlib import metadata
 
 import click
 
+from corral import clusterkey
 from corral.cli.common import F, echo_json, get_client, json_option
 from corral.cli.format import format_list
 from corral.proto import pb
 
-#: Bytes of a cluster key: Nomad's gossip keys are 32 random bytes, base64.
-KEY_BYTES = 32
 RAFT_VERSION = "3"
 DATACENTER = "dc1"
 REGION = "global"
@@ -200,7 +197,7 @@ def add_peer(ctx: click.Context, peer: str | None, peer_address: str | None) -> 
 @operator.command("keygen")
 def keygen() -> None:
     """Print a new random cluster key (32 bytes, base64) for ``agent --encrypt``."""
-    click.echo(base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode())
+    click.echo(clusterkey.generate())
 
 
 # ---------------------------------------------------------------- system gc

@@ -62,6 +62,7 @@ class Agent:
                 ServerConfig(
                     data_dir=os.path.join(cfg.data_dir, "server"),
                     raft_address=raft_addr,
+                    raft_bind=raft_addr,
                     raft_peers=peers,
                     encrypt=cfg.encrypt,
                     min_heartbeat_ttl=cfg.min_heartbeat_ttl,

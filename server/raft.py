@@ -10,15 +10,21 @@ Two implementations:
   dir, ``useFork=False`` (gRPC does not survive fork), our own snapshot format
   (the FSM's protobuf bytes, never a pickle of our objects) written on a
   background thread (``BackgroundSnapshots``), and the cluster key as PySyncObj's
-  ``password`` (its transport unpickles what it receives, so it must never listen
-  unauthenticated with peers).
+  ``password``. Its transport unpickles what it receives, so it never listens
+  without a key (a single server makes its own, ``corral.clusterkey``), listens
+  only on the address it is given, and its connections are hardened
+  (``harden_connections``): a frame is unpickled only after it verified under the
+  key, frame sizes are capped before anything is buffered, and what is dropped
+  is logged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import socket
 import struct
 import threading
 import time
@@ -26,6 +32,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from corral import clusterkey
 from corral.server.fsm import FSM, ApplyResult, snapshot_bytes
 
 log = logging.getLogger(__name__)
@@ -235,6 +242,159 @@ class BackgroundSnapshots:
         return data[1:]
 
 
+# Frame limits on a raft connection. Before a peer has proved the key, its frames
+# are the handshake (a random key, then its node address): tiny. After, a frame is
+# one log entry or a batch of them (PySyncObj batches up to 64 KiB, and sends a
+# dump in 64 KiB pieces), and an entry is at most one gRPC request (64 MB).
+PREAUTH_MAX_FRAME = 64 * 1024
+MAX_FRAME = 64 * 1024 * 1024
+
+
+class _DropLog:
+    """At most one warning per interval about dropped connections, with a count of
+    those not logged: a flood of garbage must not become a flood of log lines."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._last = -interval
+        self._suppressed = 0
+
+    def warn(self, msg: str, *args: object) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self._interval:
+                self._suppressed += 1
+                return
+            self._last = now
+            suppressed, self._suppressed = self._suppressed, 0
+        if suppressed:
+            msg += " (and %d more dropped since the last warning)"
+            args = (*args, suppressed)
+        log.warning(msg, *args)
+
+
+_drops = _DropLog()
+dropped_frames = 0  # process-wide count, for tests and status
+
+
+def _peer_of(sock: socket.socket | None) -> str:
+    try:
+        host, port = sock.getpeername()[:2] if sock is not None else ("?", 0)
+    except OSError:
+        return "a closed connection"
+    return f"{host}:{port}"
+
+
+def harden_connections() -> None:
+    """Replace PySyncObj 0.3.17's read path of ``TcpConnection`` (idempotent).
+
+    Its own: reads grow a ``bytes`` buffer (quadratic: a 64 MB frame costs
+    hundreds of GB of copying, seen as a CPU flood from one connection), any 2^31
+    length prefix is buffered before the key is checked, a connection without an
+    encryptor unpickles plain frames, and failures are dropped without a word.
+    Ours: a ``bytearray`` buffer; a length prefix over ``PREAUTH_MAX_FRAME`` (before
+    a frame verified under the key) or ``MAX_FRAME`` (after), or negative, closes
+    the connection before more is read; no encryptor, no unpickling; every drop is
+    logged (rate-limited). The patched methods are private, so the version is
+    pinned in pyproject.toml and checked here.
+    """
+    from pysyncobj import pickle as raft_pickle
+    from pysyncobj import tcp_connection
+    from pysyncobj.version import VERSION
+
+    conn_cls: Any = tcp_connection.TcpConnection
+    if getattr(conn_cls, "_corral_hardened", False):
+        return
+    if VERSION != "0.3.17":
+        raise RuntimeError(
+            f"corral's raft hardening is written for PySyncObj 0.3.17, not {VERSION}"
+        )
+
+    def drop(conn: Any, why: str) -> None:
+        global dropped_frames
+        dropped_frames += 1
+        _drops.warn(
+            "raft: closed a connection from %s: %s", _peer_of(conn._TcpConnection__socket), why
+        )
+        conn.disconnect()
+
+    def limit(conn: Any) -> int:
+        return MAX_FRAME if getattr(conn, "_corral_verified", False) else PREAUTH_MAX_FRAME
+
+    def frame_length(conn: Any, buf: bytearray) -> int | None:
+        """The length prefix at the front of ``buf`` if it is acceptable; None when
+        fewer than 4 bytes are there; -1 when the connection was dropped."""
+        if len(buf) < 4:
+            return None
+        (length,) = struct.unpack_from("i", buf, 0)
+        if length < 0 or length > limit(conn):
+            drop(conn, f"frame length {length} outside 0..{limit(conn)}")
+            return -1
+        return int(length)
+
+    def process_read(conn: Any) -> bool:
+        sock = conn._TcpConnection__socket
+        try:
+            incoming = sock.recv(conn._TcpConnection__recvBufferSize)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                conn.disconnect()
+            return False
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or not incoming:
+            conn.disconnect()
+            return False
+        buf = conn._TcpConnection__readBuffer
+        if not isinstance(buf, bytearray):  # connect()/disconnect() reset it to bytes
+            buf = conn._TcpConnection__readBuffer = bytearray(buf)
+        buf += incoming
+        length = frame_length(conn, buf)
+        if length == -1:
+            return False
+        # Complete frames wait in the buffer until parsed after this read loop: never
+        # let them pile up past what one frame may be.
+        if len(buf) > 2 * (limit(conn) + 4):
+            drop(conn, f"{len(buf)} bytes buffered unparsed")
+            return False
+        return True
+
+    def process_parse(conn: Any) -> Any:
+        buf = conn._TcpConnection__readBuffer
+        length = frame_length(conn, buf) if isinstance(buf, bytearray) else None
+        if length is None or length == -1 or len(buf) - 4 < length:
+            return None
+        data = bytes(buf[4 : 4 + length])
+        encryptor = conn.encryptor
+        if encryptor is None:
+            drop(conn, "no cluster key on this connection; refusing to unpickle")
+            return None
+        try:
+            stamp = encryptor.extract_timestamp(data)
+            if stamp < conn.recvLastTimestamp:
+                raise ValueError("replayed frame")
+            data = encryptor.decrypt(data)
+            conn.recvLastTimestamp = stamp
+        except Exception:
+            drop(conn, "a frame did not verify under the cluster key")
+            return None
+        conn._corral_verified = True
+        try:
+            message = raft_pickle.loads(zlib.decompress(data))
+            if conn.recvRandKey:
+                rand_key, message = message
+                if rand_key != conn.recvRandKey:
+                    raise ValueError("wrong session key")
+        except Exception:
+            drop(conn, "a verified frame could not be decoded")
+            return None
+        del buf[: 4 + length]
+        return message
+
+    conn_cls._TcpConnection__processRead = process_read
+    conn_cls._TcpConnection__processParseMessage = process_parse
+    conn_cls._corral_hardened = True
+
+
 class PySyncObjConsensus:
     _LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
 
@@ -247,14 +407,23 @@ class PySyncObjConsensus:
         password: str = "",
         append_entries_period: float = 0.01,
         compaction_min_entries: int = 5000,
+        bind_address: str = "",
     ) -> None:
+        """``password``: the cluster key; without one a single server uses (or makes)
+        the key in ``data_dir``, and a server with peers refuses to start.
+        ``bind_address``: where the raft port listens (default: ``self_address``),
+        never every interface unless asked for."""
         from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
-        if peers and not password:
-            raise ValueError(
-                "a multi-server cluster needs a cluster key (--encrypt): the raft "
-                "transport must not accept unauthenticated peers"
-            )
+        other = [p for p in peers if p != self_address]
+        if not password:
+            if other:
+                raise ValueError(
+                    "a multi-server cluster needs a cluster key (--encrypt): the raft "
+                    "transport must not accept unauthenticated peers"
+                )
+            password = clusterkey.load_or_create(data_dir)
+        harden_connections()
         self._fsm = fsm
         self._address = self_address
         self._callbacks: list[Callable[[bool], None]] = []
@@ -272,7 +441,8 @@ class PySyncObjConsensus:
         dump = os.path.join(data_dir, "raft.snapshot")
         self.snapshots = BackgroundSnapshots(fsm, dump)
         conf = SyncObjConf(
-            password=password or None,
+            password=password,
+            bindAddress=bind_address or self_address,
             journalFile=os.path.join(data_dir, "raft.journal"),
             fullDumpFile=dump,
             useFork=False,
@@ -294,7 +464,7 @@ class PySyncObjConsensus:
         self._consumer = _Replicated()
         self._syncobj_cls = SyncObj
         self._conf = conf
-        self._peers = [p for p in peers if p != self_address]
+        self._peers = other
         self._obj: SyncObj | None = None
 
     def start(self) -> None:

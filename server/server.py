@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from corral import structs
+from corral import clusterkey, structs
 from corral.proto import pb
 from corral.server.core_gc import CoreGC
 from corral.server.eval_broker import EvalBroker
@@ -49,6 +49,7 @@ class Ambiguous(Exception):
 class ServerConfig:
     data_dir: str = ""
     raft_address: str = "127.0.0.1:4648"
+    raft_bind: str = ""  # where the raft port listens; "" = raft_address
     raft_peers: tuple[str, ...] = ()
     encrypt: str = ""
     num_workers: int = 0  # 0 = one per core
@@ -95,8 +96,9 @@ class Server:
                 config.raft_address,
                 list(config.raft_peers),
                 os.path.join(config.data_dir, "raft"),
-                password=config.encrypt,
+                password=clusterkey.validate(config.encrypt) if config.encrypt else "",
                 append_entries_period=0.003,
+                bind_address=config.raft_bind,
             )
         self._group_commit = GroupCommit(self.raft)
         self.broker = EvalBroker()

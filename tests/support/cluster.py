@@ -7,6 +7,7 @@ dir, as an operator's would.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -19,7 +20,8 @@ from tests.support.agent import AgentProcess
 from tests.support.env import free_port
 from tests.support.wait import wait_for
 
-CLUSTER_KEY = "test-cluster-key-not-secret"
+# A key of the shape `corral operator keygen` prints (32 bytes, base64); not secret.
+CLUSTER_KEY = base64.b64encode(b"corral-test-cluster-key-32-bytes").decode()
 
 
 class ServerProcess(AgentProcess):

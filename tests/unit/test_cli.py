@@ -25,6 +25,7 @@ from corral.api.jsonmap import from_json, to_json
 from corral.cli import monitor
 from corral.cli.main import cli
 from corral.proto import pb
+from tests.support.cluster import CLUSTER_KEY as KEY
 from tests.support.env import free_port
 from tests.support.fake_server import FakeServer, sample_job
 
@@ -658,6 +659,25 @@ def test_agent_dev(agent_calls: list[AgentConfig]) -> None:
     Path(cfg.data_dir).rmdir()
 
 
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("a", "must be base64"),
+        ("k3y", "must be base64"),
+        ("c2hvcnQ=", "must be 32 random bytes in base64 (this one is 5 bytes)"),
+    ],
+)
+def test_agent_refuses_a_cluster_key_keygen_would_not_make(
+    agent_calls: list[AgentConfig], tmp_path: Path, key: str, why: str
+) -> None:
+    """A typo must not become a guessable raft key."""
+    args = ["agent", "--server", "--data-dir", str(tmp_path), "--encrypt", key]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output  # a usage error, as Nomad's CLI
+    assert "Invalid value for '--encrypt'" in result.output and why in result.output
+    assert agent_calls == []
+
+
 def test_agent_server_and_client_flags(agent_calls: list[AgentConfig], tmp_path: Path) -> None:
     server = CliRunner().invoke(
         cli,
@@ -677,7 +697,7 @@ def test_agent_server_and_client_flags(agent_calls: list[AgentConfig], tmp_path:
             "--servers",
             "10.0.0.1:5648, 10.0.0.2:5648,10.0.0.3:5648",
             "--encrypt",
-            "k3y",
+            KEY,
             "--min-heartbeat-ttl",
             "500ms",
             "--heartbeat-grace",
@@ -689,7 +709,7 @@ def test_agent_server_and_client_flags(agent_calls: list[AgentConfig], tmp_path:
     assert cfg.server and not cfg.client and not cfg.dev
     assert cfg.servers == ["10.0.0.1:5648", "10.0.0.2:5648", "10.0.0.3:5648"]
     assert (cfg.bind, cfg.rpc_port, cfg.raft_port, cfg.http_port) == ("0.0.0.0", 5647, 5648, 5646)
-    assert cfg.encrypt == "k3y" and cfg.min_heartbeat_ttl == 0.5 and cfg.heartbeat_grace == 2.0
+    assert cfg.encrypt == KEY and cfg.min_heartbeat_ttl == 0.5 and cfg.heartbeat_grace == 2.0
 
     client = CliRunner().invoke(
         cli,
