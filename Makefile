@@ -27,7 +27,7 @@ PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --maxprocesses=$(PYTEST_MAX_WORKE
 # through a tree of symlinks built from pyproject's package-dir mapping.
 TYPECHECK_DIR := build/typecheck
 
-.PHONY: help setup docker image proto test test-unit test-integration lint typecheck fmt demo bench clean distclean
+.PHONY: help setup docker image proto test test-unit test-integration lint typecheck lint-imports typecheck-tree fmt demo bench clean distclean
 
 help: ## list the verbs (default)
 	@echo "corral: make <verb>"
@@ -61,11 +61,12 @@ test-unit: setup ## run the unit tests only (no Docker, no processes)
 test-integration: setup image ## run the integration and e2e tests only
 	$(PYTEST) tests/integration tests/e2e $(PYTEST_ARGS)
 
-lint: setup ## ruff check, ruff format --check, mypy (all three run; fails if any fails)
+lint: setup ## ruff check, ruff format --check, mypy, import walls (all run; fails if any fails)
 	@status=0; \
 	echo "lint: ruff check ."; $(PY) -m ruff check . || status=1; \
 	echo "lint: ruff format --check ."; $(PY) -m ruff format --check . || status=1; \
 	$(MAKE) typecheck || status=1; \
+	$(MAKE) lint-imports || status=1; \
 	exit $$status
 
 define TYPECHECK_TREE_PY
@@ -87,12 +88,22 @@ for name, folder in sorted(mapping.items()):
 endef
 export TYPECHECK_TREE_PY
 
-typecheck: setup ## mypy on the corral package (generated proto code excluded)
-	@echo "lint: mypy -p corral"
+# The symlink tree (mypy and import-linter read the package through it).
+typecheck-tree: setup
 	@$(PY) -c "$$TYPECHECK_TREE_PY"
+
+typecheck: setup typecheck-tree ## mypy on the corral package (generated proto code excluded)
+	@echo "lint: mypy -p corral"
 	@dirs=$$(cd $(TYPECHECK_DIR)/corral && find . -maxdepth 1 -type l -xtype d -printf '%f|' | sed 's/|$$//'); \
 	cd $(TYPECHECK_DIR) && $(PY) -m mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/build/mypy-cache -p corral \
 		| sed -E "s#^corral/($$dirs)/#\1/#"
+
+# import-linter runs in the tree, which it puts first on sys.path (it adds the
+# working directory), so that corral.server etc. are found as installed.
+lint-imports: setup typecheck-tree ## import-linter: the import walls (contracts in pyproject.toml)
+	@echo "lint: lint-imports (contracts: pyproject.toml [tool.importlinter])"
+	@cd $(TYPECHECK_DIR) && $(CORRAL_VENV)/bin/lint-imports --no-logo \
+		--cache-dir $(CURDIR)/build/import-linter-cache $(CURDIR)/pyproject.toml
 
 fmt: setup ## format the code (ruff format) and apply ruff's safe fixes
 	$(PY) -m ruff format .

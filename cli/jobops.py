@@ -7,7 +7,7 @@ because the people who use them bring Nomad habits and CI scripts:
 * ``plan`` is a dry run whose exit code a pipeline tests: 0 = nothing would
   change, 1 = something would (allocations or the spec), 255 = error;
 * ``inspect`` prints ``{"Job": {...}}``, which ``job run`` accepts back as a file;
-* ``history -p`` shows what changed between versions (``corral.cli.jobdiff``), so
+* ``history -p`` shows what changed between versions (``corral.api.jobdiff``), so
   that an operator can pick the version to ``revert`` to;
 * ``scale`` and ``revert`` follow their evaluation like ``job run``.
 """

@@ -1,9 +1,10 @@
 """The service/batch scheduler: one evaluation in, one plan out. Pure.
 
-``compute_plan(state, eval, seed)`` reconciles every task group of the job first
-(what to stop, update in place, place, reschedule later), applies the stops, then
-places the missing allocations group by group through the placement stack
-(``stack.py``). System jobs go to ``system.compute_system_plan``.
+``compute_generic_plan(state, eval, seed)`` reconciles every task group of the job
+first (what to stop, update in place, place, reschedule later), applies the stops,
+then places the missing allocations group by group through the placement stack
+(``stack.py``). It serves service and batch jobs (Nomad's generic scheduler);
+``dispatch.compute_plan`` sends each evaluation to its job type's scheduler.
 
 Everything random comes from ``random.Random(seed)`` and "now" is an argument, so a
 plan is reproducible from (snapshot, evaluation, seed, now). The result is
@@ -22,6 +23,7 @@ from . import deployment as deploy
 from . import reschedule
 from .common import IdSource, SchedulerResult, SchedulerState
 from .feasible import node_ready
+from .plan import PlanBuilder, new_plan
 from .reconcile import (
     DESC_RESCHEDULED,
     DESC_UPDATING,
@@ -39,10 +41,9 @@ from .reconcile import (
 from .stack import ALGORITHM_BINPACK, Placer, sample_limit
 
 __all__ = [
-    "PlanBuilder",
     "SchedulerResult",
     "SchedulerState",
-    "compute_plan",
+    "compute_generic_plan",
     "eval_now",
     "node_drain_state",
     "sample_limit",
@@ -71,58 +72,7 @@ def node_drain_state(node: pb.Node | None, now: int) -> str:
     return NODE_OK
 
 
-class PlanBuilder:
-    """Appends to a plan without looking up map entries twice."""
-
-    def __init__(self, plan: pb.Plan) -> None:
-        self.plan = plan
-        self._updates: dict[str, pb.AllocList] = {}
-        self._allocs: dict[str, pb.AllocList] = {}
-
-    def _update_list(self, node_id: str) -> pb.AllocList:
-        lst = self._updates.get(node_id)
-        if lst is None:
-            lst = self._updates[node_id] = self.plan.node_update[node_id]
-        return lst
-
-    def stop(self, alloc: pb.Allocation, description: str, client_status: str = "") -> None:
-        self._update_list(alloc.node_id).allocs.add(
-            id=alloc.id,
-            desired_status=structs.ALLOC_DESIRED_STOP,
-            desired_description=description,
-            client_status=client_status,
-        )
-
-    def mark_followup(self, alloc: pb.Allocation, eval_id: str) -> None:
-        """Record the follow-up evaluation on a failed allocation, leaving it as is."""
-        self._update_list(alloc.node_id).allocs.add(
-            id=alloc.id,
-            desired_status=alloc.desired_status,
-            desired_description=alloc.desired_description,
-            followup_eval_id=eval_id,
-        )
-
-    def new_alloc(self, node_id: str) -> pb.Allocation:
-        lst = self._allocs.get(node_id)
-        if lst is None:
-            lst = self._allocs[node_id] = self.plan.node_allocation[node_id]
-        return lst.allocs.add()
-
-    def update_in_place(
-        self, alloc: pb.Allocation, job: pb.Job, eval_id: str, deployment_id: str = ""
-    ) -> None:
-        updated = self.new_alloc(alloc.node_id)
-        updated.CopyFrom(alloc)
-        updated.job_version = job.version
-        updated.eval_id = eval_id
-        if deployment_id and deployment_id != alloc.deployment_id:
-            # It joins the new version's deployment: its health is judged afresh
-            # (Nomad counts in-place updated allocations into the deployment).
-            updated.deployment_id = deployment_id
-            updated.ClearField("deployment_status")
-
-
-def compute_plan(
+def compute_generic_plan(
     state: SchedulerState,
     ev: pb.Evaluation,
     seed: int,
@@ -131,28 +81,17 @@ def compute_plan(
     now_ns: int = 0,
     algorithm: str = ALGORITHM_BINPACK,
 ) -> SchedulerResult:
-    """Reconcile the evaluation's job against its allocations and build a plan.
+    """Reconcile the evaluation's (service or batch) job against its allocations
+    and build a plan.
 
     ``now_ns`` is the wall clock for reschedule delays and drain deadlines (the
     evaluation's timestamps stand in when 0); ``algorithm`` is the cluster's
     scheduler algorithm, "binpack" (default) or "spread" (worst fit).
     """
     job = state.job(ev.namespace, ev.job_id)
-    job_type = job.type if job is not None else ev.type
-    if job_type == structs.JOB_TYPE_SYSTEM:
-        from .system import compute_system_plan
-
-        return compute_system_plan(state, ev, seed, new_id, now_ns=now_ns, algorithm=algorithm)
-
     rng = random.Random(seed)
     now = eval_now(ev, now_ns)
-    plan = pb.Plan(
-        eval_id=ev.id,
-        priority=ev.priority,
-        job_id=ev.job_id,
-        namespace=ev.namespace,
-        snapshot_index=state.index,
-    )
+    plan = new_plan(ev, state.index)
     result = SchedulerResult(plan=plan)
     if job is not None:
         plan.job_version = job.version

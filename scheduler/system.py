@@ -25,7 +25,7 @@ from corral.proto import pb
 
 from .common import IdSource, SchedulerResult, SchedulerState
 from .feasible import node_ready
-from .generic import PlanBuilder
+from .plan import PlanBuilder, new_plan
 from .reconcile import (
     DESC_JOB_STOPPED,
     DESC_LOST,
@@ -52,13 +52,7 @@ def compute_system_plan(
     """Diff the system job against every node and build the plan."""
     rng = random.Random(seed)
     job = state.job(ev.namespace, ev.job_id)
-    plan = pb.Plan(
-        eval_id=ev.id,
-        priority=ev.priority,
-        job_id=ev.job_id,
-        namespace=ev.namespace,
-        snapshot_index=state.index,
-    )
+    plan = new_plan(ev, state.index)
     result = SchedulerResult(plan=plan)
     builder = PlanBuilder(plan)
     allocs = state.allocs_by_job(ev.namespace, ev.job_id)

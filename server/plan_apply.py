@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from corral import structs
 from corral.proto import pb
 from corral.scheduler.feasible import node_ready
 from corral.scheduler.rank import GroupAsk, NodeUsage, alloc_cpu_mem
@@ -128,7 +129,11 @@ def evaluate_plan(state: StateStore, plan: pb.Plan) -> tuple[pb.Plan, list[str]]
         # or stopped (follow-up markers, desired status still "run", free nothing).
         replaced = {a.id for a in allocs}
         if node_id in node_update:
-            replaced.update(a.id for a in node_update[node_id].allocs if a.desired_status != "run")
+            replaced.update(
+                a.id
+                for a in node_update[node_id].allocs
+                if a.desired_status != structs.ALLOC_DESIRED_RUN
+            )
         minus = [
             a for a in (snap.alloc(i) for i in replaced) if a is not None and a.node_id == node_id
         ]
@@ -160,8 +165,4 @@ def _fits(usage: NodeUsage, allocs: Iterable[pb.Allocation]) -> bool:
     return True
 
 
-def is_noop_plan(plan: pb.Plan) -> bool:
-    return not plan.node_allocation and not plan.node_update
-
-
-__all__ = ["PlanApplier", "PlanResult", "evaluate_plan", "is_noop_plan"]
+__all__ = ["PlanApplier", "PlanResult", "evaluate_plan"]

@@ -15,7 +15,7 @@ failed the way Nomad's AllocMetric does. An evaluation stays ``pending`` for
 ``pending_reads`` reads, so that a monitor sees the status change.
 
 The operator calls are modelled too: ``Plan`` (a dry run of the toy scheduler with
-``corral.cli.jobdiff`` for the diff), ``Validate``, ``Scale``, ``Revert``, alloc
+``corral.api.jobdiff`` for the diff), ``Validate``, ``Scale``, ``Revert``, alloc
 ``Restart``, node eligibility and drain (a drain advances one step each time the
 node's allocations are listed: marked for migration, stopped, complete; then the
 drain ends), and the server membership (``state.members``) behind ``Status`` and the

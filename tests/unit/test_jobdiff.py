@@ -1,4 +1,4 @@
-"""``corral.cli.jobdiff``: the Nomad-style diff behind ``job history -p`` and plans.
+"""``corral.api.jobdiff``: the Nomad-style diff behind ``job history -p`` and plans.
 
 What a reader of a diff relies on: only the spec counts (never the fields the
 server sets), every group and task is listed so that the plan can annotate it, a

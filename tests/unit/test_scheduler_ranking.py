@@ -8,7 +8,7 @@ from collections import Counter
 
 from corral import structs
 from corral.proto import pb
-from corral.scheduler.generic import compute_plan
+from corral.scheduler import compute_plan
 from corral.scheduler.stack import Placer, sample_limit
 from tests.support import factories as f
 
