@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from corral import structs
@@ -35,7 +34,7 @@ from corral.server.deployment_watcher import TERMINAL as TERMINAL_DEPLOYMENT
 from corral.server.state import StateReader
 
 if TYPE_CHECKING:
-    from corral.server.server import Server
+    from corral.server.leader import LeaderContext
 
 log = logging.getLogger(__name__)
 
@@ -133,42 +132,35 @@ def delete_commands(
 
 
 class CoreGC:
-    """The leader's periodic collection."""
+    """The leader's periodic collection: ``run`` is a leader loop (one per term);
+    ``run_once`` is also what ``corral system gc`` calls."""
 
     def __init__(
         self,
-        server: Server,
-        now_ns: Callable[[], int],
+        ctx: LeaderContext,
         interval_s: float = GC_INTERVAL_S,
         threshold_ns: int = EVAL_GC_THRESHOLD_NS,
     ) -> None:
-        self.server = server
-        self.now_ns = now_ns
+        self.ctx = ctx
         self.interval_s = interval_s
         self.threshold_ns = threshold_ns
         self.first_seen_terminal: dict[str, int] = {}  # deployment ID -> when
 
-    def start(self) -> None:
-        threading.Thread(target=self._run, name="core-gc", daemon=True).start()
-
-    def _run(self) -> None:
-        stopping = self.server._stopping
-        while not stopping.wait(self.interval_s):
-            if not self.server._leading:
-                return
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval_s):
             try:
                 self.run_once(self.threshold_ns)
             except Exception:
                 log.exception("core GC failed")
 
     def run_once(self, threshold_ns: int) -> pb.SystemGCResponse:
-        snap = self.server.state.snapshot()
-        now = self.now_ns()
+        snap = self.ctx.state.snapshot()
+        now = self.ctx.now_ns()
         evals, allocs = collect(snap, now, threshold_ns)
         deployments = collect_deployments(snap, now, threshold_ns, self.first_seen_terminal)
-        index = self.server.state.index
+        index = self.ctx.state.index
         if evals or allocs or deployments:
-            results = self.server.propose_many(delete_commands(evals, allocs, deployments))
+            results = self.ctx.propose_many(delete_commands(evals, allocs, deployments))
             index = max(r.index for r in results)
             log.info(
                 "core GC deleted %d evaluations, %d allocations, %d deployments",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,15 +30,15 @@ from corral.proto import pb
 from corral.server.fsm import spec_changed
 
 if TYPE_CHECKING:
-    from corral.server.server import Server
+    from corral.server.leader import LeaderContext
 
 log = logging.getLogger(__name__)
 
-RUNNING = "running"
-SUCCESSFUL = "successful"
-FAILED = "failed"
-CANCELLED = "cancelled"
-TERMINAL = (SUCCESSFUL, FAILED, CANCELLED)
+RUNNING = structs.DeploymentStatus.RUNNING
+SUCCESSFUL = structs.DeploymentStatus.SUCCESSFUL
+FAILED = structs.DeploymentStatus.FAILED
+CANCELLED = structs.DeploymentStatus.CANCELLED
+TERMINAL = structs.DEPLOYMENT_TERMINAL
 
 
 @dataclass
@@ -117,29 +116,19 @@ def decide(
 
 
 class DeploymentWatcher:
-    def __init__(
-        self,
-        server: Server,
-        is_leading: Callable[[], bool],
-        now_ns: Callable[[], int],
-    ) -> None:
-        self._server = server
-        self._is_leading = is_leading
-        self._now = now_ns
+    """Leader loop: one per leadership term (``run`` returns when the term ends)."""
+
+    def __init__(self, ctx: LeaderContext) -> None:
+        self._ctx = ctx
         self._healthy_seen: dict[str, int] = {}
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._healthy_seen.clear()
-        self._thread = threading.Thread(target=self._run, name="deployments", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        server = self._server
-        state = server.state
+    def run(self, stop: threading.Event) -> None:
+        state = self._ctx.state
         last = -1
-        while self._is_leading():
+        while not stop.is_set():
             index = state.wait_for_index(last, 1.0, "deployments", "jobs")
+            if stop.is_set():
+                return
             last = index
             try:
                 self.step()
@@ -147,23 +136,22 @@ class DeploymentWatcher:
                 log.exception("deployment watcher step failed")
 
     def step(self) -> None:
-        server = self._server
-        state = server.state
+        state = self._ctx.state
         for d in state.deployments():
             if d.status != RUNNING:
                 continue
             job = state.job(d.namespace, d.job_id)
             versions = state.job_versions(d.namespace, d.job_id)
-            decision = decide(d, job, versions, self._now(), self._healthy_seen.get(d.id, 0))
+            decision = decide(d, job, versions, self._ctx.now_ns(), self._healthy_seen.get(d.id, 0))
             self._healthy_seen[d.id] = sum(g.healthy_allocs for g in d.task_groups.values())
             self._apply(d, job, decision)
 
     def _apply(self, d: pb.Deployment, job: pb.Job | None, decision: Decision) -> None:
-        server = self._server
+        server = self._ctx
         for note in decision.notes:
             log.info("deployment %s: %s", d.id[:8], note)
         if decision.promote:
-            ev = server._new_eval(job, d.namespace, d.job_id, "deployment-watcher")
+            ev = server.new_eval(job, d.namespace, d.job_id, "deployment-watcher")
             ev.deployment_id = d.id
             server.propose(
                 pb.Command(
@@ -182,7 +170,7 @@ class DeploymentWatcher:
             )
             if decision.revert_to is not None:
                 cmd.revert_job.CopyFrom(decision.revert_to)
-                ev = server._new_eval(
+                ev = server.new_eval(
                     decision.revert_to, d.namespace, d.job_id, structs.TRIGGER_JOB_REGISTER
                 )
                 cmd.evals.append(ev)
@@ -190,6 +178,6 @@ class DeploymentWatcher:
             server.propose(pb.Command(deployment_status=cmd))
             return
         if decision.evaluate:
-            ev = server._new_eval(job, d.namespace, d.job_id, "deployment-watcher")
+            ev = server.new_eval(job, d.namespace, d.job_id, "deployment-watcher")
             ev.deployment_id = d.id
             server.update_evals([ev])

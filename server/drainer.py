@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING
 
 from corral import structs
 from corral.proto import pb
 
 if TYPE_CHECKING:
-    from corral.server.server import Server
+    from corral.server.leader import LeaderContext
 
 log = logging.getLogger(__name__)
 
 
 class Drainer:
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    """Leader loop: one per leadership term (``run`` returns when the term ends)."""
 
-    def start(self) -> None:
-        threading.Thread(target=self._run, name="drainer", daemon=True).start()
+    def __init__(self, ctx: LeaderContext) -> None:
+        self.ctx = ctx
 
-    def _run(self) -> None:
+    def run(self, stop: threading.Event) -> None:
         """Leader loop: moves draining nodes along (Nomad's drainer).
 
         The scheduler migrates allocations off a draining node, ``migrate.max_parallel``
@@ -32,11 +30,11 @@ class Drainer:
         stays ineligible, as in Nomad).
         """
         last_index = -1
-        while self.server._leading and not self.server._stopping.is_set():
-            index = self.server.state.wait_for_index(last_index, 1.0, "allocs", "nodes")
-            if not self.server._leading:
+        while not stop.is_set():
+            index = self.ctx.state.wait_for_index(last_index, 1.0, "allocs", "nodes")
+            if stop.is_set():
                 return
-            if index == last_index and not any(n.drain for n in self.server.state.nodes()):
+            if index == last_index and not any(n.drain for n in self.ctx.state.nodes()):
                 continue
             last_index = index
             try:
@@ -45,28 +43,32 @@ class Drainer:
                 log.exception("drain step failed")
 
     def step(self) -> None:
-        now = time.time_ns()
-        for node in self.server.state.nodes():
+        now = self.ctx.now_ns()
+        for node in self.ctx.state.nodes():
             if not node.drain:
                 continue
             strategy = node.drain_strategy
             remaining = [
                 a
-                for a in self.server.state.allocs_by_node(node.id)
+                for a in self.ctx.state.allocs_by_node(node.id)
                 if not structs.is_client_terminal(a)
                 and not (
                     strategy.ignore_system_jobs
-                    and (job := self.server.state.job(a.namespace, a.job_id)) is not None
+                    and (job := self.ctx.state.job(a.namespace, a.job_id)) is not None
                     and job.type == structs.JOB_TYPE_SYSTEM
                 )
             ]
             if not remaining:
                 log.info("node %s drained", node.id)
-                self.server.propose(pb.Command(node_drain=pb.NodeDrainCommand(node_id=node.id)))
+                self.ctx.propose(pb.Command(node_drain=pb.NodeDrainCommand(node_id=node.id)))
                 continue
             overdue = strategy.deadline > 0 and now > strategy.started_at + strategy.deadline
             forced = strategy.deadline < 0 or overdue
-            jobs = {(a.namespace, a.job_id) for a in remaining if a.desired_status == "run"}
+            jobs = {
+                (a.namespace, a.job_id)
+                for a in remaining
+                if a.desired_status == structs.ALLOC_DESIRED_RUN
+            }
             # Jobs with an evaluation already pending need no other (per-job index:
             # the eval table only grows, so never scan it whole here).
             busy = {
@@ -74,12 +76,12 @@ class Drainer:
                 for key in jobs
                 if any(
                     e.status == structs.EVAL_STATUS_PENDING
-                    for e in self.server.state.evals_by_job(*key)
+                    for e in self.ctx.state.evals_by_job(*key)
                 )
             }
             evals = [
-                self.server._new_eval(
-                    self.server.state.job(ns, jid), ns, jid, structs.TRIGGER_NODE_DRAIN, node.id
+                self.ctx.new_eval(
+                    self.ctx.state.job(ns, jid), ns, jid, structs.TRIGGER_NODE_DRAIN, node.id
                 )
                 for ns, jid in sorted(jobs - busy)
             ]
@@ -90,7 +92,7 @@ class Drainer:
                     if not a.desired_transition.migrate
                 }
                 if transitions or evals:
-                    self.server.propose(
+                    self.ctx.propose(
                         pb.Command(
                             alloc_desired_transition=pb.AllocDesiredTransitionCommand(
                                 transitions=transitions, evals=evals
@@ -98,4 +100,4 @@ class Drainer:
                         )
                     )
             elif evals:
-                self.server.update_evals(evals)
+                self.ctx.update_evals(evals)

@@ -67,7 +67,8 @@ class Consensus(Protocol):
     def self_address(self) -> str: ...
 
     def on_leadership(self, callback: Callable[[bool], None]) -> None:
-        """``callback(True)`` when this server becomes leader, False when it stops."""
+        """``callback(True)`` when this server becomes leader, False when it stops;
+        called in order on the engine's thread, so it must not block."""
         ...
 
     def other_peers(self) -> list[str]: ...
@@ -481,11 +482,14 @@ class PySyncObjConsensus:
             self._notify(False)
 
     def _on_state_changed(self, old: int, new: int) -> None:
+        """Raft's thread, in raft's order. Callbacks are called right here, in that
+        order, and must not block (the server's only enqueues the change for its
+        leadership thread): a thread per change let "became leader" and "lost
+        leadership" race."""
         leader = new == self._LEADER_STATE
         if leader != self._was_leader:
             self._was_leader = leader
-            # Leadership work starts/stops on its own thread: never block raft's tick.
-            threading.Thread(target=self._notify, args=(leader,), daemon=True).start()
+            self._notify(leader)
 
     def _notify(self, leader: bool) -> None:
         for cb in self._callbacks:
