@@ -44,11 +44,11 @@ POLL_INTERVAL = 0.1
 MONITOR_TIMEOUT = 300.0
 
 #: Deployment statuses (the server's deployment watcher decides them).
-DEPLOYMENT_RUNNING = "running"
-DEPLOYMENT_SUCCESSFUL = "successful"
-DEPLOYMENT_FAILED = "failed"
-DEPLOYMENT_CANCELLED = "cancelled"
-DEPLOYMENT_TERMINAL = (DEPLOYMENT_SUCCESSFUL, DEPLOYMENT_FAILED, DEPLOYMENT_CANCELLED)
+DEPLOYMENT_RUNNING = structs.DeploymentStatus.RUNNING
+DEPLOYMENT_SUCCESSFUL = structs.DeploymentStatus.SUCCESSFUL
+DEPLOYMENT_FAILED = structs.DeploymentStatus.FAILED
+DEPLOYMENT_CANCELLED = structs.DeploymentStatus.CANCELLED
+DEPLOYMENT_TERMINAL = structs.DEPLOYMENT_TERMINAL
 
 #: How long ``job run`` looks for the deployment of the version it registered. The
 #: plan that starts a rollout is committed before its evaluation completes, so the
@@ -98,7 +98,7 @@ class _Monitor:
     def run(self, eval_id: str) -> int:
         deadline = time.monotonic() + self.timeout
         self.info(f'Monitoring evaluation "{self.sid(eval_id)}"')
-        last_status = structs.EVAL_STATUS_PENDING
+        last_status: str = structs.EVAL_STATUS_PENDING
         seen_job = seen_node = seen_deployment = False
         while True:
             ev = self.client.get_eval(eval_id)

@@ -9,6 +9,7 @@ Nothing here does I/O or reads a clock.
 
 from __future__ import annotations
 
+import enum
 import uuid
 
 from corral.proto import pb
@@ -32,36 +33,102 @@ JOB_TYPE_BATCH = "batch"
 JOB_TYPE_SYSTEM = "system"
 JOB_TYPES = (JOB_TYPE_SERVICE, JOB_TYPE_BATCH, JOB_TYPE_SYSTEM)
 
-JOB_STATUS_PENDING = "pending"
-JOB_STATUS_RUNNING = "running"
-JOB_STATUS_DEAD = "dead"
+# Statuses: each family is one StrEnum (members are str, so they compare with and
+# assign to protobuf string fields as they are). The UPPER_CASE names below are
+# the same members under the names the code grew up with; there is no second
+# spelling of any status anywhere else.
 
-NODE_STATUS_INIT = "initializing"
-NODE_STATUS_READY = "ready"
-NODE_STATUS_DOWN = "down"
-NODE_ELIGIBLE = "eligible"
-NODE_INELIGIBLE = "ineligible"
 
-ALLOC_DESIRED_RUN = "run"
-ALLOC_DESIRED_STOP = "stop"
-ALLOC_DESIRED_EVICT = "evict"
+class JobStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DEAD = "dead"
 
-ALLOC_CLIENT_PENDING = "pending"
-ALLOC_CLIENT_RUNNING = "running"
-ALLOC_CLIENT_COMPLETE = "complete"
-ALLOC_CLIENT_FAILED = "failed"
-ALLOC_CLIENT_LOST = "lost"
+
+class NodeStatus(enum.StrEnum):
+    INIT = "initializing"
+    READY = "ready"
+    DOWN = "down"
+
+
+class NodeEligibility(enum.StrEnum):
+    ELIGIBLE = "eligible"
+    INELIGIBLE = "ineligible"
+
+
+class AllocDesiredStatus(enum.StrEnum):
+    RUN = "run"
+    STOP = "stop"
+    EVICT = "evict"
+
+
+class AllocClientStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    LOST = "lost"
+
+
+class TaskState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DEAD = "dead"
+
+
+class EvalStatus(enum.StrEnum):
+    PENDING = "pending"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    CANCELED = "canceled"
+
+
+class DeploymentStatus(enum.StrEnum):
+    """Nomad's deployment statuses (``paused`` is not used yet)."""
+
+    RUNNING = "running"
+    SUCCESSFUL = "successful"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+JOB_STATUS_PENDING = JobStatus.PENDING
+JOB_STATUS_RUNNING = JobStatus.RUNNING
+JOB_STATUS_DEAD = JobStatus.DEAD
+
+NODE_STATUS_INIT = NodeStatus.INIT
+NODE_STATUS_READY = NodeStatus.READY
+NODE_STATUS_DOWN = NodeStatus.DOWN
+NODE_ELIGIBLE = NodeEligibility.ELIGIBLE
+NODE_INELIGIBLE = NodeEligibility.INELIGIBLE
+
+ALLOC_DESIRED_RUN = AllocDesiredStatus.RUN
+ALLOC_DESIRED_STOP = AllocDesiredStatus.STOP
+ALLOC_DESIRED_EVICT = AllocDesiredStatus.EVICT
+
+ALLOC_CLIENT_PENDING = AllocClientStatus.PENDING
+ALLOC_CLIENT_RUNNING = AllocClientStatus.RUNNING
+ALLOC_CLIENT_COMPLETE = AllocClientStatus.COMPLETE
+ALLOC_CLIENT_FAILED = AllocClientStatus.FAILED
+ALLOC_CLIENT_LOST = AllocClientStatus.LOST
 ALLOC_TERMINAL_CLIENT = (ALLOC_CLIENT_COMPLETE, ALLOC_CLIENT_FAILED, ALLOC_CLIENT_LOST)
 
-TASK_STATE_PENDING = "pending"
-TASK_STATE_RUNNING = "running"
-TASK_STATE_DEAD = "dead"
+TASK_STATE_PENDING = TaskState.PENDING
+TASK_STATE_RUNNING = TaskState.RUNNING
+TASK_STATE_DEAD = TaskState.DEAD
 
-EVAL_STATUS_PENDING = "pending"
-EVAL_STATUS_COMPLETE = "complete"
-EVAL_STATUS_FAILED = "failed"
-EVAL_STATUS_BLOCKED = "blocked"
-EVAL_STATUS_CANCELED = "canceled"
+EVAL_STATUS_PENDING = EvalStatus.PENDING
+EVAL_STATUS_COMPLETE = EvalStatus.COMPLETE
+EVAL_STATUS_FAILED = EvalStatus.FAILED
+EVAL_STATUS_BLOCKED = EvalStatus.BLOCKED
+EVAL_STATUS_CANCELED = EvalStatus.CANCELED
+
+DEPLOYMENT_TERMINAL = (
+    DeploymentStatus.SUCCESSFUL,
+    DeploymentStatus.FAILED,
+    DeploymentStatus.CANCELLED,
+)
 
 TRIGGER_JOB_REGISTER = "job-register"
 TRIGGER_JOB_DEREGISTER = "job-deregister"

@@ -20,7 +20,7 @@ from corral import structs
 from corral.proto import pb
 from corral.scheduler.reconcile import PLACE_NEW, PLACE_UPDATE, GroupResult, Place
 
-RUNNING = "running"
+RUNNING = structs.DeploymentStatus.RUNNING
 
 
 def rolling(job: pb.Job, group: pb.TaskGroup) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from corral import structs
 from corral.proto import pb
 from corral.server.state import StateSnapshot
 
@@ -56,17 +57,15 @@ def annotate(plan: pb.Plan, snap: StateSnapshot, job: pb.Job) -> dict[str, pb.Pl
                 ann.place += 1
     for lst in plan.node_update.values():
         for stop in lst.allocs:
-            if stop.id in replaced or stop.desired_status == "run":
+            if stop.id in replaced or stop.desired_status == structs.ALLOC_DESIRED_RUN:
                 continue  # replaced, or only a follow-up marker on a failed allocation
             old = snap.alloc(stop.id)
             group = old.task_group if old is not None else ""
             out.setdefault(group, pb.PlanAnnotation()).stop += 1
     live: dict[str, int] = {}
     for alloc in snap.allocs_by_job(job.namespace, job.id):
-        if alloc.desired_status == "run" and alloc.client_status not in (
-            "complete",
-            "failed",
-            "lost",
+        if alloc.desired_status == structs.ALLOC_DESIRED_RUN and alloc.client_status not in (
+            structs.ALLOC_TERMINAL_CLIENT
         ):
             live[alloc.task_group] = live.get(alloc.task_group, 0) + 1
     for group, ann in out.items():

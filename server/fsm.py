@@ -495,7 +495,7 @@ class FSM:
         if before.HasField("deployment_status") and before.deployment_status.HasField("healthy"):
             return  # already counted
         old = txn.t.deployments.get(after.deployment_id)
-        if old is None or old.status != "running":
+        if old is None or old.status != structs.DeploymentStatus.RUNNING:
             return
         d = pb.Deployment()
         d.CopyFrom(old)
@@ -537,7 +537,7 @@ class FSM:
         old = txn.t.deployments.get(req.deployment_id)
         if old is None:
             return f"deployment {req.deployment_id} not found"
-        if old.status != "running":
+        if old.status != structs.DeploymentStatus.RUNNING:
             return f"deployment {req.deployment_id} is {old.status}, not running"
         d = pb.Deployment()
         d.CopyFrom(old)
