@@ -8,6 +8,13 @@ Threads, each with one job:
   only on change; check-timers (+ a small pool) runs every service check;
 * ClientService gRPC server: logs for ``corral alloc logs`` (proxied by servers).
 
+The heartbeat, watch, reporter and service-sync threads share one gRPC channel to
+one server (``_start_call``); when a call fails, ``_failover`` moves to the next
+server in the list, once per failed channel however many threads saw it fail.
+
+When the agent stops it closes every driver that has a ``close`` (the docker driver
+stops its log followers; tasks keep running, for a restarted client to reattach).
+
 State (node identity and every alloc runner's task handles) is saved under the
 data dir so that a restarted client reattaches to tasks that kept running.
 """
@@ -21,8 +28,10 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 
@@ -36,6 +45,10 @@ from corral.client.services import Scheduler, ServiceRegistry, ServiceRuntime
 from corral.proto import pb, rpc
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ChannelFactory = Callable[[str], grpc.Channel]
 
 
 @dataclass
@@ -55,8 +68,26 @@ class ClientConfig:
     stop_allocs_on_shutdown: bool = False
 
 
+class _AgentStopped(grpc.RpcError):  # type: ignore[misc]  # grpc has no type hints
+    """Raised instead of starting a call once the agent stopped: the calling loop
+    handles it like any failed call (and then sees the stop), and no channel is
+    created after ``stop`` closed the last one."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.CANCELLED
+
+    def details(self) -> str:
+        return "client agent stopped"
+
+
 class ClientAgent:
-    def __init__(self, config: ClientConfig, drivers: dict[str, Driver] | None = None) -> None:
+    def __init__(
+        self,
+        config: ClientConfig,
+        drivers: dict[str, Driver] | None = None,
+        *,
+        channel_factory: ChannelFactory = grpc.insecure_channel,
+    ) -> None:
         self.config = config
         self.drivers = drivers if drivers is not None else load_drivers(config.drivers)
         self.state_dir = os.path.join(config.data_dir, "client")
@@ -69,8 +100,13 @@ class ClientAgent:
         self._dirty: set[str] = set()
         self._dirty_cond = threading.Condition()
         self._stop = threading.Event()
+        # The shared channel to the current server (``_start_call``, ``_failover``):
+        # every read or change of these three happens under ``_channel_lock``.
+        self._channel_lock = threading.Lock()
         self._server_index = 0
         self._channel: grpc.Channel | None = None
+        self._stub: rpc.NodeServiceStub | None = None
+        self._channel_factory = channel_factory
         self._grpc_server: grpc.Server | None = None
         self._threads: list[threading.Thread] = []
         self.heartbeat_ttl = 10.0
@@ -134,8 +170,25 @@ class ClientAgent:
         self._save_all()
         if self._grpc_server is not None:
             self._grpc_server.stop(grace=1)
-        if self._channel is not None:
-            self._channel.close()
+        with self._channel_lock:
+            channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            channel.close()
+        self._close_drivers()
+
+    def _close_drivers(self) -> None:
+        """Release what the drivers hold for the agent (the docker driver's log
+        followers, the mock driver's timer thread). Tasks keep running. Last in
+        ``stop``: nothing uses a driver once its runners were killed and saved.
+        One driver failing to close does not keep the others open."""
+        for name, driver in self.drivers.items():
+            close = getattr(driver, "close", None)
+            if not callable(close):
+                continue
+            try:
+                close()
+            except Exception:
+                log.exception("closing the %s driver failed", name)
 
     def _start_rpc_server(self) -> None:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
@@ -160,27 +213,71 @@ class ClientAgent:
         return [d for d in os.listdir(root) if d != "alloc"]
 
     # ------------------------------------------------------------ server connection
-    def _stub_channel(self) -> grpc.Channel:
-        if self._channel is None:
+    def _current_locked(self) -> tuple[grpc.Channel, rpc.NodeServiceStub]:
+        """The current channel and its stub, created on first use. Lock held."""
+        if self._stop.is_set():
+            raise _AgentStopped()
+        if self._channel is None or self._stub is None:
             addr = self.config.servers[self._server_index % len(self.config.servers)]
-            self._channel = grpc.insecure_channel(addr)
-        return self._channel
+            self._channel = self._channel_factory(addr)
+            self._stub = rpc.NodeServiceStub(self._channel)
+        return self._channel, self._stub
 
-    def _failover(self) -> None:
-        """Try the next server on the next call."""
-        if self._channel is not None:
-            self._channel.close()
-        self._channel = None
-        self._server_index += 1
+    def _stub_channel(self) -> grpc.Channel:
+        """The channel calls go through now (see ``_start_call``)."""
+        with self._channel_lock:
+            return self._current_locked()[0]
+
+    def _start_call(self, start: Callable[[rpc.NodeServiceStub], T]) -> tuple[T, grpc.Channel]:
+        """Start a call on the current channel; returns the call and the channel it
+        went through (to pass to ``_failover`` if it fails).
+
+        ``start`` must only start the call (``stub.X.future(...)``, or a server
+        stream) and not wait for it: it runs under the channel lock, so that
+        ``_failover`` cannot close the channel between picking it and starting the
+        call (gRPC raises ValueError, not RpcError, for a call on a closed channel,
+        which no loop here expects). A call already running when another thread
+        fails over is cancelled by the close: it fails with an RpcError (CANCELLED),
+        its loop's ``_failover`` of that channel does nothing, and its retry goes
+        through the new channel.
+        """
+        with self._channel_lock:
+            channel, stub = self._current_locked()
+            return start(stub), channel
+
+    def _failover(self, failed: grpc.Channel | None) -> None:
+        """Move to the next server because a call through ``failed`` failed.
+
+        Several threads see one server fail (the heartbeat, the watch and the
+        reporter share the channel): only the first failover from a channel moves
+        on; the others find another channel current and do nothing, so no server
+        is skipped. The failed channel is closed (once), which cancels the calls
+        still running on it: their loops retry on the new channel.
+        """
+        with self._channel_lock:
+            current = self._channel
+            # Another thread failed over from it already; or there is nothing to
+            # fail over from (``failed`` is None when the call never started).
+            if current is not failed or current is None:
+                return
+            self._channel = None
+            self._stub = None
+            self._server_index += 1
+        current.close()
 
     def _register_and_heartbeat(self) -> None:
         backoff = 0.2
         registrations = 0
         while not self._stop.is_set():
-            stub = rpc.NodeServiceStub(self._stub_channel())
+            channel: grpc.Channel | None = None
             try:
                 if not self.registered.is_set():
-                    resp = stub.Register(pb.NodeRegisterRequest(node=self.node), timeout=10)
+                    call, channel = self._start_call(
+                        lambda stub: stub.Register.future(
+                            pb.NodeRegisterRequest(node=self.node), timeout=10
+                        )
+                    )
+                    resp = call.result()
                     if registrations:
                         # Registered again (the servers forgot this node): they may
                         # have lost its service registrations too.
@@ -189,35 +286,38 @@ class ClientAgent:
                     self.registered.set()
                     log.info("node %s registered", self.node.id)
                 else:
-                    resp = stub.Heartbeat(
-                        pb.NodeHeartbeatRequest(
-                            node_id=self.node.id, secret_id=self.node.secret_id
-                        ),
-                        timeout=10,
+                    call, channel = self._start_call(
+                        lambda stub: stub.Heartbeat.future(
+                            pb.NodeHeartbeatRequest(
+                                node_id=self.node.id, secret_id=self.node.secret_id
+                            ),
+                            timeout=10,
+                        )
                     )
+                    resp = call.result()
                 self.heartbeat_ttl = resp.heartbeat_ttl / 1e9 or 10.0
                 backoff = 0.2
                 # Heartbeat at half the TTL, so one lost heartbeat is not fatal.
                 self._stop.wait(max(self.heartbeat_ttl / 2, 0.1))
             except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    return
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     self.registered.clear()  # the server forgot us: register again
                     continue
                 log.warning("heartbeat failed: %s", exc.details())
-                self._failover()
+                self._failover(channel)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
 
     def _watch_loop(self) -> None:
         self.registered.wait()
         backoff = 0.2
+        request = pb.NodeWatchRequest(node_id=self.node.id, secret_id=self.node.secret_id)
         while not self._stop.is_set():
-            stub = rpc.NodeServiceStub(self._stub_channel())
-            call = stub.WatchAllocations(
-                pb.NodeWatchRequest(node_id=self.node.id, secret_id=self.node.secret_id)
-            )
-            self._call = call
+            channel: grpc.Channel | None = None
             try:
+                call, channel = self._start_call(lambda stub: stub.WatchAllocations(request))
                 for update in call:
                     if self._stop.is_set():
                         call.cancel()
@@ -232,7 +332,7 @@ class ClientAgent:
                     self.registered.clear()
                     self.registered.wait(5)
                 else:
-                    self._failover()
+                    self._failover(channel)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
 
@@ -327,15 +427,18 @@ class ClientAgent:
             self._save(runner)
         if not updates:
             return
+        request = pb.NodeUpdateAllocsRequest(allocs=updates)
+        channel: grpc.Channel | None = None
         try:
-            rpc.NodeServiceStub(self._stub_channel()).UpdateAllocations(
-                pb.NodeUpdateAllocsRequest(allocs=updates), timeout=15
+            call, channel = self._start_call(
+                lambda stub: stub.UpdateAllocations.future(request, timeout=15)
             )
+            call.result()
         except grpc.RpcError as exc:
             log.warning("reporting allocation status failed: %s", exc.details())
             with self._dirty_cond:
                 self._dirty |= ids  # nothing reported is lost: retry
-            self._failover()
+            self._failover(channel)
 
     def _send_services(
         self,
@@ -345,16 +448,15 @@ class ClientAgent:
     ) -> None:
         """One ``UpdateServices`` call (the registry retries when it raises)."""
         self.registered.wait(10)
-        rpc.NodeServiceStub(self._stub_channel()).UpdateServices(
-            pb.NodeServicesRequest(
-                node_id=self.node.id,
-                secret_id=self.node.secret_id,
-                upserts=upserts,
-                delete_ids=delete_ids,
-                delete_alloc_ids=delete_alloc_ids,
-            ),
-            timeout=10,
+        request = pb.NodeServicesRequest(
+            node_id=self.node.id,
+            secret_id=self.node.secret_id,
+            upserts=upserts,
+            delete_ids=delete_ids,
+            delete_alloc_ids=delete_alloc_ids,
         )
+        call, _ = self._start_call(lambda stub: stub.UpdateServices.future(request, timeout=10))
+        call.result()
 
     # ------------------------------------------------------------ persistence
     def _save(self, runner: AllocRunner) -> None:

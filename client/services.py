@@ -13,7 +13,7 @@ Pieces, from pure to threaded:
 * ``HealthTracker``: the allocation's deployment health (Nomad's rules: every task
   running and every check passing, continuously for ``min_healthy_time``; a failed
   task is unhealthy at once; not healthy within ``healthy_deadline`` is unhealthy).
-  Pure, with the clock passed in.
+  Pure, with the clock passed in: it never reads a clock itself.
 * ``Scheduler``: one timer thread for every check of every allocation on the client,
   running the checks on a small thread pool (a slow check does not delay others).
 * ``ServiceRegistry``: the client's registrations as the servers should see them,
@@ -284,7 +284,10 @@ class HealthTracker:
 
     ``mode`` is the group's ``update.health_check``: ``checks`` (tasks running and
     checks passing), ``task_states`` (tasks running), or ``manual`` (never decided
-    here). Times are seconds on any monotonic clock.
+    here). Times are seconds on any monotonic clock; ``observe`` also takes the
+    wall clock (ns), written as ``decided_at_ns`` when it decides (the timestamp
+    reported to the servers). Pure: both clocks are the caller's, so tests run it
+    on plain numbers.
     """
 
     mode: str
@@ -307,15 +310,22 @@ class HealthTracker:
         )
 
     def observe(
-        self, now: float, tasks_running: bool, task_failed: bool, checks_passing: bool
+        self,
+        now: float,
+        tasks_running: bool,
+        task_failed: bool,
+        checks_passing: bool,
+        *,
+        wall_ns: int,
     ) -> float | None:
-        """Feed the current facts; returns the seconds after which to observe again
+        """Feed the current facts (``now`` monotonic seconds, ``wall_ns`` the wall
+        clock at the same moment); returns the seconds after which to observe again
         (a timer: min_healthy_time or the deadline may pass with no other change),
         or None when nothing is pending."""
         if self.healthy is not None or self.mode == "manual":
             return None
         if task_failed:
-            self._decide(False)
+            self._decide(False, wall_ns)
             return None
         ok = tasks_running and (checks_passing or self.mode == "task_states")
         if not ok:
@@ -323,10 +333,10 @@ class HealthTracker:
         elif self._since is None:
             self._since = now
         if ok and self._since is not None and now - self._since >= self.min_healthy:
-            self._decide(True)
+            self._decide(True, wall_ns)
             return None
         if self.healthy_deadline > 0 and now - self.started >= self.healthy_deadline:
-            self._decide(False)
+            self._decide(False, wall_ns)
             return None
         waits = []
         if ok and self._since is not None:
@@ -335,9 +345,9 @@ class HealthTracker:
             waits.append(self.started + self.healthy_deadline - now)
         return max(min(waits), 0.0) if waits else None
 
-    def _decide(self, healthy: bool) -> None:
+    def _decide(self, healthy: bool, wall_ns: int) -> None:
         self.healthy = healthy
-        self.decided_at_ns = time.time_ns()
+        self.decided_at_ns = wall_ns
 
 
 # ---------------------------------------------------------------- scheduler
@@ -629,7 +639,13 @@ class _Plan:
 
 
 class AllocServices:
-    """The service hook of one allocation (see the module docstring)."""
+    """The service hook of one allocation (see the module docstring).
+
+    Time comes from the two clocks it is given, never from ``time`` directly:
+    ``clock`` (monotonic seconds: health timers, check_restart's one failure per
+    interval) and ``wall_clock`` (ns, comparable with ``TaskState.started_at``:
+    check_restart's grace, the health decision's timestamp). Tests pass fakes.
+    """
 
     def __init__(
         self,
@@ -639,6 +655,7 @@ class AllocServices:
         restart_task: RestartFn,
         on_health: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.alloc = alloc
         self.node = node
@@ -646,6 +663,7 @@ class AllocServices:
         self._restart_task = restart_task
         self._on_health = on_health
         self._clock = clock
+        self._wall_clock = wall_clock
         self._lock = threading.RLock()
         self._plans: dict[str, _Plan] = {}
         self._published: dict[str, pb.ServiceRegistration] = {}
@@ -822,9 +840,9 @@ class AllocServices:
                 and self._past_grace(spec)
                 # Startup retries are faster than the interval: count one failure
                 # per interval, as Nomad's check_restart sees them.
-                and time.monotonic() - st.last_counted >= spec.interval * 0.95
+                and self._clock() - st.last_counted >= spec.interval * 0.95
             ):
-                st.last_counted = time.monotonic()
+                st.last_counted = self._clock()
                 st.failures += 1
                 if st.failures >= spec.restart_limit:
                     st.failures = 0
@@ -844,7 +862,7 @@ class AllocServices:
         started = max((self._started_at.get(n, 0) for n in names), default=0)
         if not started:
             return False
-        return (time.time_ns() - started) / 1e9 >= spec.restart_grace
+        return (self._wall_clock() - started) / 1e9 >= spec.restart_grace
 
     def _health_of(self, planned: PlannedService) -> str:
         if not self._tasks_running:
@@ -885,6 +903,7 @@ class AllocServices:
                 self._tasks_running,
                 self._task_failed,
                 all(r.status == HEALTH_PASSING for r in self._results.values()),
+                wall_ns=self._wall_clock(),
             )
             if self._health_timer is not None:
                 self._health_timer.cancel()

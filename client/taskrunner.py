@@ -288,30 +288,41 @@ class TaskRunner:
         return True
 
     def _start_once(self) -> bool:
-        """Start the task; False when it ended dead (start failed for good)."""
+        """Start the task, retrying failed starts as the restart policy says; False
+        when it ended dead (start failed for good, or killed between tries).
+
+        A loop, not a recursion: with ``mode = "delay"`` the policy never gives up on
+        a recoverable start error (an image that cannot be pulled yet), so every try
+        must leave the stack as it found it. A kill between tries (during the
+        policy's delay, or just after it) ends the task instead of starting it.
+        """
         assert self.driver is not None
-        try:
-            cfg = self._task_config()
-            os.makedirs(self.paths.task_dir, exist_ok=True)
-            os.makedirs(os.path.join(self.paths.task_dir, "local"), exist_ok=True)
-            os.makedirs(os.path.join(self.paths.task_dir, "secrets"), exist_ok=True)
-            os.makedirs(os.path.dirname(self.paths.stdout), exist_ok=True)
-            self.handle = self.driver.start_task(cfg)
-        except DriverError as exc:
-            self._event(
-                structs.EVENT_DRIVER_FAILURE, str(exc), driver_error=str(exc), fails_task=True
-            )
-            verdict = self.restarts.on_start_error(time.time_ns(), exc.recoverable, str(exc))
-            if verdict.action == FAIL:
-                self._event(structs.EVENT_NOT_RESTARTING, verdict.reason, fails_task=True)
-                self._set_state(structs.TASK_STATE_DEAD, failed=True)
+        while True:
+            if self._kill.is_set():
+                self._set_state(structs.TASK_STATE_DEAD, failed=False)
                 return False
-            if not self._restart_delay(verdict.delay_ns):
-                return False
-            return self._start_once()
-        self._set_state(structs.TASK_STATE_RUNNING)
-        self._event(structs.EVENT_STARTED, "Task started by client")
-        return True
+            try:
+                cfg = self._task_config()
+                os.makedirs(self.paths.task_dir, exist_ok=True)
+                os.makedirs(os.path.join(self.paths.task_dir, "local"), exist_ok=True)
+                os.makedirs(os.path.join(self.paths.task_dir, "secrets"), exist_ok=True)
+                os.makedirs(os.path.dirname(self.paths.stdout), exist_ok=True)
+                self.handle = self.driver.start_task(cfg)
+            except DriverError as exc:
+                self._event(
+                    structs.EVENT_DRIVER_FAILURE, str(exc), driver_error=str(exc), fails_task=True
+                )
+                verdict = self.restarts.on_start_error(time.time_ns(), exc.recoverable, str(exc))
+                if verdict.action == FAIL:
+                    self._event(structs.EVENT_NOT_RESTARTING, verdict.reason, fails_task=True)
+                    self._set_state(structs.TASK_STATE_DEAD, failed=True)
+                    return False
+                if not self._restart_delay(verdict.delay_ns):
+                    return False
+                continue
+            self._set_state(structs.TASK_STATE_RUNNING)
+            self._event(structs.EVENT_STARTED, "Task started by client")
+            return True
 
     def _wait(self) -> ExitResult | _RestartRequest | None:
         """Wait for exit; on a kill request stop the task and return None; on a

@@ -1,7 +1,11 @@
 """Client-side services without a cluster: the registration builder, the check
 runner against tiny local servers, the shared scheduler, the batching registry, the
 deployment health tracker, the per-allocation hook with fakes, a task runner's
-restart hook (mock driver), and the HTTP API's event diff and filter parser."""
+restart hook (mock driver), and the HTTP API's event diff and filter parser.
+
+Time is a ``FakeClock`` wherever the code takes a clock (the scheduler, the health
+tracker, the per-allocation hook): tests move it by hand and ``settle`` the
+scheduler instead of sleeping through intervals, grace periods and deadlines."""
 
 from __future__ import annotations
 
@@ -143,6 +147,40 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+class FakeClock:
+    """The two clocks the client reads, moved only by ``advance``: monotonic
+    seconds (scheduler, health timers) and wall-clock ns (task start times,
+    timestamps). Times are binary fractions (0.25 s...) so sums stay exact."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._mono = 1000.0
+        self._wall_ns = 1_700_000_000 * SECOND
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._mono
+
+    def time_ns(self) -> int:
+        with self._lock:
+            return self._wall_ns
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._mono += seconds
+            self._wall_ns += int(seconds * SECOND)
+
+
+def settle(sched: Scheduler, clock: FakeClock, seconds: float = 0.0) -> None:
+    """Advance ``clock`` (the scheduler's), then return once the scheduler ran
+    everything due by then: a one-shot timer due now comes after them in the
+    heap, and with one worker the pool runs them first (FIFO)."""
+    clock.advance(seconds)
+    done = threading.Event()
+    sched.call_later(0, done.set)
+    assert done.wait(10), "the scheduler did not catch up"
+
+
 # ---------------------------------------------------------------- registrations
 
 
@@ -273,45 +311,64 @@ def test_a_target_that_does_not_answer_is_critical_never_an_error(
 
 
 def test_scheduler_runs_periodic_and_one_shot_timers_on_one_thread() -> None:
-    sched = Scheduler(workers=2)
+    clock = FakeClock()
+    sched = Scheduler(workers=1, clock=clock.monotonic)
     runs: list[float] = []
-    once = threading.Event()
+    once: list[float] = []
     try:
-        timer = sched.every(0.05, lambda: runs.append(time.monotonic()))
-        sched.call_later(0.05, once.set)
-        wait_for(lambda: len(runs) >= 4, timeout=5, message="4 runs")
-        assert once.wait(2)
+        timer = sched.every(0.5, lambda: runs.append(clock.monotonic()))
+        sched.call_later(0.5, lambda: once.append(clock.monotonic()))
+        settle(sched, clock)  # the periodic timer's first run is due at once
+        assert len(runs) == 1 and once == []
+        settle(sched, clock, 0.25)  # neither is due yet
+        assert len(runs) == 1 and once == []
+        settle(sched, clock, 0.25)
+        assert len(runs) == 2 and len(once) == 1
+        for _ in range(3):
+            settle(sched, clock, 0.5)
+        assert len(runs) == 5 and len(once) == 1  # a one-shot timer runs once
+        assert [b - a for a, b in zip(runs, runs[1:], strict=False)] == [0.5] * 4
         timer.cancel()
-        time.sleep(0.15)
-        count = len(runs)
-        time.sleep(0.15)
-        assert len(runs) == count, "a cancelled timer ran again"
-        # Not faster than the interval on average (a late start may shorten one gap).
-        assert (runs[-1] - runs[0]) / (len(runs) - 1) >= 0.045
+        settle(sched, clock, 5.0)
+        assert len(runs) == 5, "a cancelled timer ran again"
         assert sum(t.name == "check-timers" for t in threading.enumerate()) >= 1
     finally:
         sched.stop()
 
 
 def test_a_slow_check_never_runs_twice_at_once() -> None:
-    sched = Scheduler(workers=4)
-    active = 0
-    most = 0
+    clock = FakeClock()
+    sched = Scheduler(workers=4, clock=clock.monotonic)
     lock = threading.Lock()
+    release = threading.Event()
+    runs = active = most = 0
 
     def slow() -> None:
-        nonlocal active, most
+        nonlocal runs, active, most
         with lock:
+            runs += 1
             active += 1
             most = max(most, active)
-        time.sleep(0.1)
+        release.wait(10)  # the check is slow: held until the test releases it
         with lock:
             active -= 1
 
     try:
-        sched.every(0.01, slow)
-        time.sleep(0.5)
+        sched.every(0.25, slow)
+        wait_for(lambda: runs == 1, timeout=5, message="the first run")
+        # Its interval passes 20 times while it runs; the scheduler keeps serving
+        # other timers (on the other workers) but does not start the check again.
+        for _ in range(20):
+            clock.advance(0.25)
+            done = threading.Event()
+            sched.call_later(0, done.set)
+            assert done.wait(5)
+        assert runs == 1
+        release.set()
+        # Done long after its interval: it runs again at once, once.
+        wait_for(lambda: runs == 2 and active == 0, timeout=5, message="the second run")
     finally:
+        release.set()
         sched.stop()
     assert most == 1
 
@@ -323,12 +380,14 @@ class FakeSend:
     def __init__(self) -> None:
         self.calls: list[tuple[list[pb.ServiceRegistration], list[str], list[str]]] = []
         self.fail = 0
+        self.attempts = 0  # calls begun (counted before the gate)
         self.gate = threading.Event()
         self.gate.set()
 
     def __call__(
         self, upserts: list[pb.ServiceRegistration], deletes: list[str], allocs: list[str]
     ) -> None:
+        self.attempts += 1
         self.gate.wait(5)
         if self.fail:
             self.fail -= 1
@@ -350,7 +409,7 @@ def test_registry_sends_only_changes_and_batches_bursts() -> None:
         assert len(send.calls) == 1
         assert sorted(r.id for r in send.calls[0][0]) == ["r1", "r2", "r3"]
         registry.set_alloc("a1", [reg("r1"), reg("r2")])  # no change: no call
-        time.sleep(0.15)
+        wait_for(registry.flushed, timeout=5, message="flushed")
         assert len(send.calls) == 1
         registry.set_alloc("a1", [reg("r1", health=HEALTH_CRITICAL)])  # r1 changed, r2 gone
         wait_for(registry.flushed, timeout=5, message="flushed")
@@ -369,13 +428,20 @@ def test_registry_retries_and_remove_waits_for_the_acknowledgement() -> None:
         wait_for(registry.flushed, timeout=10, message="flushed after retries")
         assert [r.id for r in send.calls[0][0]] == ["r1"]
         send.gate.clear()  # the server is slow: remove must wait for it
-        started = time.monotonic()
-        threading.Timer(0.3, send.gate.set).start()
-        assert registry.remove_alloc("a1", wait=5) is True
-        assert time.monotonic() - started >= 0.25
+        attempts = send.attempts
+        removed: list[bool] = []
+        remover = threading.Thread(
+            target=lambda: removed.append(registry.remove_alloc("a1", wait=10)), daemon=True
+        )
+        remover.start()
+        wait_for(lambda: send.attempts > attempts, timeout=5, message="the delete sent")
+        assert removed == [] and remover.is_alive()  # not acknowledged: still waiting
+        send.gate.set()
+        remover.join(10)
+        assert removed == [True]
         assert send.calls[-1] == ([], [], ["a1"])
         registry.set_alloc("a1", [reg("r1")])  # a late check result: ignored
-        time.sleep(0.1)
+        assert registry.flushed() and registry.registrations() == []
         assert send.calls[-1] == ([], [], ["a1"])
         send.gate.clear()
         assert registry.remove_alloc("a2", wait=0.2) is False  # not acknowledged in time
@@ -404,34 +470,42 @@ def tracker(mode: str = "checks", min_healthy: float = 10, deadline: float = 300
     return HealthTracker(mode=mode, min_healthy=min_healthy, healthy_deadline=deadline, started=0)
 
 
+WALL = 1_700_000_000 * SECOND  # a wall clock for the tracker's decision timestamps
+
+
 def test_healthy_after_min_healthy_time_of_continuous_health() -> None:
     t = tracker()
-    assert t.observe(1, tasks_running=True, task_failed=False, checks_passing=False) == 299
-    assert t.observe(2, True, False, True) == 10  # timer: 10s from now
-    assert t.observe(7, True, False, False) == 293  # unhealthy moment: timer restarts
-    assert t.observe(8, True, False, True) == 10
+    assert t.observe(1, True, False, False, wall_ns=WALL) == 299
+    assert t.observe(2, True, False, True, wall_ns=WALL) == 10  # timer: 10s from now
+    assert t.observe(7, True, False, False, wall_ns=WALL) == 293  # unhealthy: timer restarts
+    assert t.observe(8, True, False, True, wall_ns=WALL) == 10
     assert t.healthy is None
-    assert t.observe(18, True, False, True) is None
+    assert t.observe(18, True, False, True, wall_ns=WALL + 18 * SECOND) is None
     assert t.healthy is True
-    assert t.observe(19, True, True, False) is None and t.healthy is True  # decided once
+    assert t.decided_at_ns == WALL + 18 * SECOND
+    # Decided once: later facts change neither the verdict nor its time.
+    assert t.observe(19, True, True, False, wall_ns=WALL + 19 * SECOND) is None
+    assert t.healthy is True and t.decided_at_ns == WALL + 18 * SECOND
 
 
 def test_failed_task_or_deadline_is_unhealthy() -> None:
     t = tracker()
-    t.observe(1, True, False, True)
-    t.observe(2, False, True, False)
-    assert t.healthy is False
+    t.observe(1, True, False, True, wall_ns=WALL)
+    t.observe(2, False, True, False, wall_ns=WALL + 2 * SECOND)
+    assert t.healthy is False and t.decided_at_ns == WALL + 2 * SECOND
     t = tracker(deadline=30)
-    t.observe(1, True, False, False)
-    assert t.observe(31, True, False, False) is None and t.healthy is False
+    t.observe(1, True, False, False, wall_ns=WALL)
+    assert t.observe(31, True, False, False, wall_ns=WALL + 31 * SECOND) is None
+    assert t.healthy is False and t.decided_at_ns == WALL + 31 * SECOND
 
 
 def test_task_states_mode_ignores_checks_and_zero_min_is_immediate() -> None:
     t = tracker(mode="task_states", min_healthy=0)
-    t.observe(1, True, False, False)
-    assert t.healthy is True
+    t.observe(1, True, False, False, wall_ns=WALL)
+    assert t.healthy is True and t.decided_at_ns == WALL
     manual = tracker(mode="manual")
-    assert manual.observe(1000, True, False, True) is None and manual.healthy is None
+    assert manual.observe(1000, True, False, True, wall_ns=WALL) is None
+    assert manual.healthy is None and manual.decided_at_ns == 0
 
 
 def test_tracker_reads_the_groups_update_block() -> None:
@@ -450,14 +524,28 @@ def test_tracker_reads_the_groups_update_block() -> None:
 
 
 class Harness:
+    """The hook with a fake send, a fake clock (shared by the hook and its
+    scheduler) and a one-worker scheduler, so that ``tick`` is deterministic."""
+
     def __init__(self, alloc: pb.Allocation) -> None:
         self.send = FakeSend()
+        self.clock = FakeClock()
         self.runtime = ServiceRuntime(
-            ServiceRegistry(self.send, coalesce=0), Scheduler(workers=2), deregister_wait=2
+            ServiceRegistry(self.send, coalesce=0),
+            Scheduler(workers=1, clock=self.clock.monotonic),
+            deregister_wait=2,
         )
         self.restarts: list[tuple[str, str]] = []
         self.health_calls = 0
-        self.hook = AllocServices(alloc, make_node(), self.runtime, self._restart, self._on_health)
+        self.hook = AllocServices(
+            alloc,
+            make_node(),
+            self.runtime,
+            self._restart,
+            self._on_health,
+            clock=self.clock.monotonic,
+            wall_clock=self.clock.time_ns,
+        )
 
     def _restart(self, task: str, reason: str) -> None:
         self.restarts.append((task, reason))
@@ -465,13 +553,17 @@ class Harness:
     def _on_health(self) -> None:
         self.health_calls += 1
 
+    def tick(self, seconds: float = 0.0) -> None:
+        """Advance the clock; return once every check due by then has run."""
+        settle(self.runtime.scheduler, self.clock, seconds)
+
     def reported(self) -> dict[str, str]:
         return {r.id: r.health for r in self.runtime.registry.registrations()}
 
     def states(self, state: str, failed: bool = False) -> dict[str, pb.TaskState]:
         return {
             "server": pb.TaskState(
-                state=state, failed=failed, started_at=time.time_ns() - 3600 * SECOND
+                state=state, failed=failed, started_at=self.clock.time_ns() - 3600 * SECOND
             )
         }
 
@@ -484,7 +576,7 @@ def test_hook_registers_when_tasks_run_and_reports_health_changes(
 ) -> None:
     port, routes = web
     routes["/health"] = (200, 0.0)
-    check = pb.ServiceCheck(type="http", path="/health", interval=SECOND // 10, timeout=SECOND)
+    check = pb.ServiceCheck(type="http", path="/health", interval=SECOND // 4, timeout=SECOND)
     alloc = make_alloc(
         group_services=[pb.Service(name="w", port_label="http", checks=[check])],
         task_services=[pb.Service(name="plain", port_label="http")],
@@ -497,25 +589,25 @@ def test_hook_registers_when_tasks_run_and_reports_health_changes(
         h.hook.tasks_changed(h.states("pending"))
         assert h.reported() == {}
         h.hook.tasks_changed(h.states("running"))
+        h.tick()  # the checks' first run: at once
         checked = f"_nomad-task-{alloc.id}-group-web-w-http"
         plain = f"_nomad-task-{alloc.id}-server-plain-http"
-        wait_for(
-            lambda: h.reported() == {checked: HEALTH_PASSING, plain: HEALTH_NONE},
-            timeout=5,
-            message=lambda: f"passing, got {h.reported()}",
-        )
-        wait_for(lambda: h.hook.tracker.healthy is True, timeout=5, message="healthy")
+        assert h.reported() == {checked: HEALTH_PASSING, plain: HEALTH_NONE}
+        assert h.hook.tracker.healthy is True
         assert h.health_calls == 1
-        assert h.hook.deployment_status() is not None
-        assert h.hook.deployment_status().healthy is True  # type: ignore[union-attr]
+        status = h.hook.deployment_status()
+        assert status is not None and status.healthy is True
+        assert status.timestamp == h.clock.time_ns()  # the hook's wall clock
         routes["/health"] = (503, 0.0)
-        wait_for(
-            lambda: h.reported().get(checked) == HEALTH_CRITICAL, timeout=5, message="critical"
-        )
+        h.tick(0.25)
+        assert h.reported()[checked] == HEALTH_CRITICAL
         assert h.reported()[plain] == HEALTH_NONE
         wait_for(h.runtime.registry.flushed, timeout=5, message="critical sent")
-        sends = len(h.send.calls)
-        time.sleep(0.35)  # three more failing runs: no change, nothing sent
+        sends, hits = len(h.send.calls), web.hits["/health"]
+        for _ in range(3):  # three more failing runs: no change, nothing sent
+            h.tick(0.25)
+        assert web.hits["/health"] == hits + 3
+        wait_for(h.runtime.registry.flushed, timeout=5, message="flushed")
         assert len(h.send.calls) == sends
         assert h.hook.deregister() is True
         assert h.send.calls[-1][2] == [alloc.id]
@@ -539,14 +631,18 @@ def test_a_starting_check_retries_fast_then_keeps_its_interval(
     h = Harness(alloc)
     try:
         h.hook.tasks_changed(h.states("running"))
-        time.sleep(0.3)
+        h.tick()
+        assert web.hits["/health"] == 1 and not h.hook.checks_passing()
+        h.tick(0.25)  # not passing yet: tried again at the startup pace, not in 30s
+        assert web.hits["/health"] == 2
         routes["/health"] = (200, 0.0)  # the task starts listening
-        started = time.monotonic()
-        wait_for(h.hook.checks_passing, timeout=5, message="passing")
-        assert time.monotonic() - started < 1.0  # not after the 30s interval
-        hits = web.hits["/health"]
-        time.sleep(0.8)
-        assert web.hits["/health"] == hits  # passing: back to the 30s interval
+        h.tick(0.25)
+        assert web.hits["/health"] == 3 and h.hook.checks_passing()
+        for _ in range(4):  # passing: back to the 30s interval
+            h.tick(0.25)
+        assert web.hits["/health"] == 3
+        h.tick(29.0)  # 30s after the passing run
+        assert web.hits["/health"] == 4
     finally:
         h.close()
 
@@ -565,15 +661,20 @@ def test_after_a_task_restart_checks_must_pass_again_before_listing(web: Web) ->
     sid = f"_nomad-task-{alloc.id}-group-web-w-http"
     try:
         h.hook.tasks_changed(h.states("running"))
-        wait_for(lambda: h.reported() == {sid: HEALTH_PASSING}, timeout=5, message="passing")
+        h.tick()
+        assert h.reported() == {sid: HEALTH_PASSING}
         h.hook.tasks_changed(h.states("pending"))  # the task restarts
         assert h.reported() == {sid: HEALTH_CRITICAL}
         routes["/health"] = (503, 0.0)  # not listening yet once it runs again
         h.hook.tasks_changed(h.states("running"))
-        time.sleep(0.6)
+        hits = web.hits["/health"]
+        h.tick(0.25)  # checked again (startup pace): failing
+        h.tick(0.25)
+        assert web.hits["/health"] == hits + 2
         assert h.reported() == {sid: HEALTH_CRITICAL}  # the old "passing" does not count
         routes["/health"] = (200, 0.0)
-        wait_for(lambda: h.reported() == {sid: HEALTH_PASSING}, timeout=2, message="again")
+        h.tick(0.25)
+        assert h.reported() == {sid: HEALTH_PASSING}
     finally:
         h.close()
 
@@ -582,9 +683,9 @@ def test_hook_restarts_a_task_after_limit_failures_past_grace() -> None:
     dead = closed_port()
     check = pb.ServiceCheck(
         type="tcp",
-        interval=SECOND // 20,
+        interval=SECOND // 4,
         timeout=SECOND,
-        check_restart=pb.CheckRestart(limit=3, grace=SECOND),
+        check_restart=pb.CheckRestart(limit=3, grace=10 * SECOND),
     )
     alloc = make_alloc(
         task_services=[pb.Service(name="w", port_label="http", checks=[check])],
@@ -592,16 +693,32 @@ def test_hook_restarts_a_task_after_limit_failures_past_grace() -> None:
     )
     h = Harness(alloc)
     try:
-        # Just started: within grace, failures do not count.
-        fresh = {"server": pb.TaskState(state="running", started_at=time.time_ns())}
+        # Just started: within grace (10s on the hook's wall clock), failures do
+        # not count however many there are.
+        fresh = {"server": pb.TaskState(state="running", started_at=h.clock.time_ns())}
         h.hook.tasks_changed(fresh)
-        time.sleep(0.5)
-        assert h.restarts == []
-        wait_for(lambda: h.restarts, timeout=5, message="a restart after grace")
+        h.tick()
+        for _ in range(8):
+            h.tick(0.25)
+        (state,) = h.hook.check_states().values()
+        assert state.ran and state.status == HEALTH_CRITICAL
+        assert state.failures == 0 and h.restarts == []
+        h.tick(8.0)  # past grace: this run counts (1 of 3)
+        assert h.hook.check_states()[state_key(h)].failures == 1
+        h.tick(0.25)  # 2 of 3
+        assert h.hook.check_states()[state_key(h)].failures == 2 and h.restarts == []
+        h.tick(0.25)  # 3 of 3: restart
+        assert len(h.restarts) == 1
         task, reason = h.restarts[0]
         assert task == "server" and "unhealthy" in reason
+        assert h.hook.check_states()[state_key(h)].failures == 0  # counting starts over
     finally:
         h.close()
+
+
+def state_key(h: Harness) -> str:
+    (key,) = h.hook.check_states()
+    return key
 
 
 def test_hook_marks_instances_critical_while_a_task_is_not_running() -> None:
@@ -619,11 +736,32 @@ def test_hook_marks_instances_critical_while_a_task_is_not_running() -> None:
         h.hook.tasks_changed(h.states("dead", failed=True))
         assert h.reported() == {}
         assert h.hook.tracker.healthy is False
+        assert h.hook.tracker.decided_at_ns == h.clock.time_ns()
         wait_for(
             lambda: h.send.calls and h.send.calls[-1][2] == [alloc.id],
             timeout=5,
             message="deregistered",
         )
+    finally:
+        h.close()
+
+
+def test_health_waits_min_healthy_time_on_the_hooks_clock() -> None:
+    """min_healthy_time passes on the hook's (fake) clock: its timer fires then,
+    not before, and the decision carries the hook's wall-clock time."""
+    alloc = make_alloc(
+        group_services=[pb.Service(name="w", port_label="http")],
+        update=pb.UpdateStrategy(min_healthy_time=10 * SECOND),
+    )
+    h = Harness(alloc)
+    try:
+        h.hook.tasks_changed(h.states("running"))
+        h.tick(9.75)
+        assert h.hook.tracker.healthy is None and h.health_calls == 0
+        h.tick(0.5)  # the timer is due just after min_healthy_time
+        assert h.hook.tracker.healthy is True and h.health_calls == 1
+        status = h.hook.deployment_status()
+        assert status is not None and status.timestamp == h.clock.time_ns()
     finally:
         h.close()
 
