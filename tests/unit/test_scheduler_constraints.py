@@ -13,6 +13,7 @@ from corral.scheduler.constraints import (
     version_matches,
 )
 from tests.support import factories as f
+from tests.support.scheduler_harness import SchedulerHarness
 
 
 def _node() -> pb.Node:
@@ -144,7 +145,7 @@ def _job_with(*constraints: pb.Constraint, count: int = 3, level: str = "job") -
 
 @pytest.mark.parametrize("level", ["job", "group", "task"])
 def test_constraints_at_every_level_filter_nodes_and_are_reported(level: str) -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     good = [h.add_node(f.placement_node(meta={"tier": "web"})) for _ in range(2)]
     for cls in ("db", "db", ""):
         h.add_node(f.placement_node(node_class=cls, meta={"tier": "db"}))
@@ -172,7 +173,7 @@ def test_constraints_at_every_level_filter_nodes_and_are_reported(level: str) ->
 
 
 def test_node_properties_in_constraints() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     a = h.add_node(f.placement_node(node_class="big", datacenter="dc1"))
     h.add_node(f.placement_node(node_class="small", datacenter="dc1"))
     job = _job_with(
@@ -187,14 +188,14 @@ def test_node_properties_in_constraints() -> None:
 
 
 def test_missing_driver_is_reported_like_nomad() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     h.add_node(f.placement_node(drivers=("raw_exec",)))
     result = h.run(f.job(driver="docker"))
     assert result.failed_tg_allocs["web"].constraint_filtered == {"missing drivers": 1}
 
 
 def test_distinct_hosts_at_job_level_counts_every_group_and_the_plan_itself() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     nodes = [h.add_node() for _ in range(3)]
     job = f.job(count=2)
     second = job.task_groups.add()
@@ -212,7 +213,7 @@ def test_distinct_hosts_at_job_level_counts_every_group_and_the_plan_itself() ->
 
 
 def test_distinct_hosts_at_group_level_allows_other_groups_on_the_node() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     h.add_node()
     h.add_node()
     job = f.job(count=2)
@@ -227,7 +228,7 @@ def test_distinct_hosts_at_group_level_allows_other_groups_on_the_node() -> None
 
 
 def test_distinct_hosts_counts_running_allocations_on_scale_up() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     for _ in range(3):
         h.add_node()
     job = f.job(count=2)
@@ -241,7 +242,7 @@ def test_distinct_hosts_counts_running_allocations_on_scale_up() -> None:
 
 
 def test_distinct_property_limits_allocations_per_value() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     for rack in ("r1", "r1", "r2", "r2", "r3"):
         h.add_node(f.placement_node(meta={"rack": rack}))
     h.add_node(f.placement_node())  # no rack: filtered
@@ -259,7 +260,7 @@ def test_distinct_property_limits_allocations_per_value() -> None:
 
 
 def test_distinct_property_with_an_allowed_count() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     for rack in ("r1", "r1", "r1", "r2", "r2", "r2"):
         h.add_node(f.placement_node(meta={"rack": rack}))
     job = f.job(count=5)

@@ -18,6 +18,7 @@ from corral.proto import pb
 from corral.scheduler import compute_plan
 from corral.scheduler.constraints import check, resolve
 from tests.support import factories as f
+from tests.support.scheduler_harness import SchedulerHarness
 
 CONSTRAINTS = [
     pb.Constraint(l_target="${meta.rack}", operand="=", r_target="r1"),
@@ -52,7 +53,7 @@ group_st = st.fixed_dictionaries(
 )
 
 
-def _cluster(h: f.SchedulerHarness, nodes: list[dict[str, object]]) -> list[pb.Node]:
+def _cluster(h: SchedulerHarness, nodes: list[dict[str, object]]) -> list[pb.Node]:
     out = []
     for spec in nodes:
         meta = {"tags": str(spec["tags"])}
@@ -87,7 +88,7 @@ def _job(i: int, spec: dict[str, object]) -> pb.Job:
     return job
 
 
-def _usage(h: f.SchedulerHarness, node: pb.Node) -> tuple[int, int, list[int]]:
+def _usage(h: SchedulerHarness, node: pb.Node) -> tuple[int, int, list[int]]:
     live = [a for a in h.state.allocs_by_node(node.id) if not structs.is_alloc_terminal(a)]
     cpu = sum(t.cpu.cpu_shares for a in live for t in a.allocated_resources.tasks.values())
     mem = sum(t.memory.memory_mb for a in live for t in a.allocated_resources.tasks.values())
@@ -112,7 +113,7 @@ def _static_ok(job: pb.Job, node: pb.Node) -> bool:
 def test_placements_fit_hold_constraints_and_honour_counts(
     nodes: list[dict[str, object]], groups: list[dict[str, object]], seed: int, algorithm: str
 ) -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     cluster = _cluster(h, nodes)
     for i, spec in enumerate(groups):
         job = _job(i, spec)
@@ -162,7 +163,7 @@ def test_placements_fit_hold_constraints_and_honour_counts(
 def test_plan_is_deterministic_for_a_seed(
     nodes: list[dict[str, object]], group: dict[str, object], seed: int
 ) -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     _cluster(h, nodes)
     job = _job(0, group)
     job.affinities.add(l_target="${node.class}", operand="=", r_target="a", weight=40)

@@ -11,9 +11,10 @@ from corral.proto import pb
 from corral.scheduler import compute_plan
 from corral.scheduler.stack import Placer, sample_limit
 from tests.support import factories as f
+from tests.support.scheduler_harness import SchedulerHarness
 
 
-def _nodes_of(h: f.SchedulerHarness, job_id: str = "web") -> list[str]:
+def _nodes_of(h: SchedulerHarness, job_id: str = "web") -> list[str]:
     return [a.node_id for a in h.live(job_id)]
 
 
@@ -26,7 +27,7 @@ def test_sample_limit_is_nomads() -> None:
 
 
 def test_affinities_and_spreads_widen_the_sample() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     for _ in range(8):
         h.add_node()
     job = f.job(count=150)
@@ -41,7 +42,7 @@ def test_affinities_and_spreads_widen_the_sample() -> None:
 
 
 def test_job_anti_affinity_spreads_a_group_over_nodes() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     for _ in range(10):
         h.add_node()
     h.run(f.job(count=4, cpu=500, memory=512))
@@ -50,7 +51,7 @@ def test_job_anti_affinity_spreads_a_group_over_nodes() -> None:
 
 def test_binpack_packs_and_the_spread_algorithm_spreads() -> None:
     def used_nodes(algorithm: str) -> int:
-        h = f.SchedulerHarness()
+        h = SchedulerHarness()
         for _ in range(2):
             h.add_node()
         for i in range(4):
@@ -63,7 +64,7 @@ def test_binpack_packs_and_the_spread_algorithm_spreads() -> None:
 
 def test_affinity_attracts_and_negative_affinity_repels() -> None:
     def zone_a_share(weight: int, seed: int) -> float:
-        h = f.SchedulerHarness()
+        h = SchedulerHarness()
         for i in range(20):
             h.add_node(f.placement_node(meta={"zone": "a" if i % 2 else "b"}))
         job = f.job(count=10, cpu=100)
@@ -80,7 +81,7 @@ def test_affinity_attracts_and_negative_affinity_repels() -> None:
 
 
 def test_affinity_score_is_matching_weight_over_total_weight() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     n = h.add_node(f.placement_node(node_class="fast", meta={"zone": "a"}))
     job = f.job(count=1)
     job.affinities.add(l_target="${meta.zone}", operand="=", r_target="a", weight=60)
@@ -97,7 +98,7 @@ def test_affinity_score_is_matching_weight_over_total_weight() -> None:
 
 
 def test_spread_with_targets_follows_the_percentages() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     for dc in ("dc1", "dc2"):
         for _ in range(10):
             h.add_node(f.placement_node(datacenter=dc))
@@ -111,7 +112,7 @@ def test_spread_with_targets_follows_the_percentages() -> None:
 
 
 def test_spread_without_targets_is_even() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     for dc in ("dc1", "dc2", "dc3"):
         for _ in range(5):
             h.add_node(f.placement_node(meta={"rack": dc}))
@@ -123,7 +124,7 @@ def test_spread_without_targets_is_even() -> None:
 
 
 def test_spread_implicit_target_takes_the_rest() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     for rack in ("r1", "r2", "r3"):
         for _ in range(6):
             h.add_node(f.placement_node(meta={"rack": rack}))
@@ -137,7 +138,7 @@ def test_spread_implicit_target_takes_the_rest() -> None:
 
 
 def test_placement_failure_metrics_are_nomads() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     h.add_node(f.placement_node(node_class="small", cpu=500, datacenter="dc1"))
     h.add_node(f.placement_node(node_class="small", cpu=500, datacenter="dc1"))
     h.add_node(f.placement_node(node_class="big", cpu=4000, memory=256, datacenter="dc2"))
@@ -158,7 +159,7 @@ def test_placement_failure_metrics_are_nomads() -> None:
 
 
 def test_no_nodes_at_all_is_explained() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     result = h.run(f.job(count=2))
     m = result.failed_tg_allocs["web"]
     assert m.nodes_evaluated == 0 and m.coalesced_failures == 1
@@ -166,7 +167,7 @@ def test_no_nodes_at_all_is_explained() -> None:
 
 
 def test_failed_destructive_update_keeps_the_old_allocation() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     h.add_node(f.placement_node(cpu=1000))
     job = f.job(count=1, cpu=500)
     h.run(job)
@@ -178,7 +179,7 @@ def test_failed_destructive_update_keeps_the_old_allocation() -> None:
 
 
 def test_destructive_update_reuses_the_resources_it_frees() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     h.add_node(f.placement_node(cpu=1000))
     job = f.job(count=2, cpu=500)
     h.run(job)
@@ -189,7 +190,7 @@ def test_destructive_update_reuses_the_resources_it_frees() -> None:
 
 
 def test_plan_is_identical_for_a_seed_and_differs_across_seeds() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     for _ in range(30):
         h.add_node()
     ev = h.register(f.job(count=12))
@@ -205,7 +206,7 @@ def test_plan_is_identical_for_a_seed_and_differs_across_seeds() -> None:
 
 
 def test_nodes_outside_the_datacenters_or_not_ready_get_nothing() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     ok = h.add_node(f.placement_node(datacenter="eu-west"))
     h.add_node(f.placement_node(datacenter="us-east"))
     init = h.add_node(f.placement_node(datacenter="eu-west"))
@@ -218,7 +219,7 @@ def test_nodes_outside_the_datacenters_or_not_ready_get_nothing() -> None:
 
 def test_node_meta_and_class_affinity_with_spread_algorithm_still_fits() -> None:
     # Every scoring component present at once: the mean decides, nothing breaks.
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     for i in range(6):
         h.add_node(f.placement_node(node_class="c" + str(i % 2), meta={"rack": f"r{i % 3}"}))
     job = f.job(count=6)
@@ -231,7 +232,7 @@ def test_node_meta_and_class_affinity_with_spread_algorithm_still_fits() -> None
 
 
 def test_placements_go_into_the_plan_with_ports_and_resources() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     h.add_node()
     job = f.job(count=2, ports=("http", "admin"))
     job.task_groups[0].networks[0].reserved_ports.add(label="metrics", value=9100)

@@ -9,6 +9,7 @@ from corral import structs
 from corral.proto import pb
 from corral.scheduler import reschedule
 from tests.support import factories as f
+from tests.support.scheduler_harness import SchedulerHarness
 
 S = structs.SECOND
 T0 = f.FAKE_NOW  # when the FSM says things happened
@@ -90,7 +91,7 @@ def _service_job(policy: pb.ReschedulePolicy | None = None, count: int = 1) -> p
 
 
 def test_failed_service_allocation_waits_for_its_delay_then_moves() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     nodes = [h.add_node() for _ in range(2)]
     h.run(_service_job())  # Nomad's default: 30s exponential, unlimited
     (first,) = h.live()
@@ -132,7 +133,7 @@ def test_failed_service_allocation_waits_for_its_delay_then_moves() -> None:
 
 
 def test_batch_allocation_with_no_attempts_left_stays_failed() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     for _ in range(2):
         h.add_node()
     job = f.job(job_type=structs.JOB_TYPE_BATCH, count=1)  # 1 attempt in 24h, 5s constant
@@ -150,7 +151,7 @@ def test_batch_allocation_with_no_attempts_left_stays_failed() -> None:
 
 
 def test_due_within_a_second_is_rescheduled_now() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     h.add_node()
     h.add_node()
     h.run(_service_job(f.reschedule_policy(attempts=3, interval=3600 * S, delay=5 * S)))
@@ -160,7 +161,7 @@ def test_due_within_a_second_is_rescheduled_now() -> None:
 
 
 def test_reschedule_prefers_another_node_but_uses_the_same_if_alone() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     only = h.add_node()
     h.run(_service_job(f.reschedule_policy(unlimited=True, delay=S)))
     (first,) = h.live()
@@ -170,7 +171,7 @@ def test_reschedule_prefers_another_node_but_uses_the_same_if_alone() -> None:
 
 
 def test_no_reschedule_policy_means_no_replacement() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     h.add_node()
     h.run(_service_job(f.reschedule_policy(attempts=0, unlimited=False)))
     h.set_client_status(h.live(), "failed", finished_at=T0)
@@ -179,7 +180,7 @@ def test_no_reschedule_policy_means_no_replacement() -> None:
 
 
 def test_force_reschedule_skips_the_delay() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     h.add_node()
     h.run(_service_job())
     (first,) = h.live()
@@ -189,7 +190,7 @@ def test_force_reschedule_skips_the_delay() -> None:
 
 
 def test_followups_are_batched_within_five_seconds() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     h.add_node()
     h.run(_service_job(f.reschedule_policy(unlimited=True, delay=60 * S), count=3))
     a, b, c = h.live()
@@ -203,7 +204,7 @@ def test_followups_are_batched_within_five_seconds() -> None:
 
 
 def test_complete_service_allocation_is_replaced_but_batch_is_done() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     h.add_node()
     h.run(f.job(count=1))
     h.set_client_status(h.live(), "complete")
@@ -215,7 +216,7 @@ def test_complete_service_allocation_is_replaced_but_batch_is_done() -> None:
 
 
 def test_lost_allocations_are_replaced_at_once() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     a = h.add_node()
     h.run(_service_job(count=2))
     h.add_node()
@@ -228,8 +229,8 @@ def test_lost_allocations_are_replaced_at_once() -> None:
 # ------------------------------------------------------------------ drain
 
 
-def _drain_setup(count: int = 3, max_parallel: int = 1) -> tuple[f.SchedulerHarness, pb.Node]:
-    h = f.SchedulerHarness()
+def _drain_setup(count: int = 3, max_parallel: int = 1) -> tuple[SchedulerHarness, pb.Node]:
+    h = SchedulerHarness()
     a = h.add_node()
     job = f.job(count=count)
     job.task_groups[0].migrate.max_parallel = max_parallel
@@ -285,7 +286,7 @@ def test_drain_past_its_deadline_moves_everything() -> None:
 
 
 def test_desired_transition_migrate_moves_an_allocation() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     a = h.add_node()
     h.run(f.job(count=1))
     (alloc,) = h.live()
@@ -297,7 +298,7 @@ def test_desired_transition_migrate_moves_an_allocation() -> None:
 
 
 def test_drain_with_nowhere_to_go_stops_and_queues() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     a = h.add_node()
     h.run(f.job(count=1))
     h.drain(a.id)
@@ -307,7 +308,7 @@ def test_drain_with_nowhere_to_go_stops_and_queues() -> None:
 
 
 def test_batch_work_on_a_draining_node_may_finish_until_the_deadline() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     a = h.add_node()
     h.run(f.job(job_id="crunch", job_type=structs.JOB_TYPE_BATCH, count=1))
     h.mark_running("crunch")

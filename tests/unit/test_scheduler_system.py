@@ -6,6 +6,7 @@ from __future__ import annotations
 from corral import structs
 from corral.proto import pb
 from tests.support import factories as f
+from tests.support.scheduler_harness import SchedulerHarness
 
 
 def _system_job(**kw: object) -> pb.Job:
@@ -13,14 +14,14 @@ def _system_job(**kw: object) -> pb.Job:
     return job
 
 
-def _by_node(h: f.SchedulerHarness, job_id: str = "web") -> dict[str, pb.Allocation]:
+def _by_node(h: SchedulerHarness, job_id: str = "web") -> dict[str, pb.Allocation]:
     live = h.live(job_id)
     assert len({a.node_id for a in live}) == len(live), "two allocations on one node"
     return {a.node_id: a for a in live}
 
 
 def test_one_allocation_per_feasible_node_with_index_zero() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     linux = [h.add_node() for _ in range(3)]
     other = h.add_node(f.placement_node(attributes={"kernel.name": "windows"}))
     h.add_node(f.placement_node(drivers=("docker",)))  # no mock driver
@@ -37,7 +38,7 @@ def test_one_allocation_per_feasible_node_with_index_zero() -> None:
 
 
 def test_a_node_that_joins_later_gets_one() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     h.add_node()
     h.run(_system_job())
     first = dict(_by_node(h))
@@ -50,7 +51,7 @@ def test_a_node_that_joins_later_gets_one() -> None:
 
 
 def test_ineligible_node_keeps_its_allocation_but_gets_no_new_one() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     a = h.add_node()
     h.run(_system_job())
     h.set_eligibility(a.id, False)
@@ -62,7 +63,7 @@ def test_ineligible_node_keeps_its_allocation_but_gets_no_new_one() -> None:
 
 
 def test_drain_stops_system_allocations_unless_ignored() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     a = h.add_node()
     b = h.add_node()
     h.run(_system_job())
@@ -76,7 +77,7 @@ def test_drain_stops_system_allocations_unless_ignored() -> None:
 
 
 def test_down_node_allocation_is_lost_and_not_replaced() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     a = h.add_node()
     h.add_node()
     h.run(_system_job())
@@ -89,7 +90,7 @@ def test_down_node_allocation_is_lost_and_not_replaced() -> None:
 
 
 def test_node_that_no_longer_satisfies_the_job_has_it_stopped() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     a = h.add_node(f.placement_node(meta={"role": "edge"}))
     b = h.add_node(f.placement_node(meta={"role": "edge"}))
     job = _system_job()
@@ -107,7 +108,7 @@ def test_node_that_no_longer_satisfies_the_job_has_it_stopped() -> None:
 
 
 def test_stopping_the_job_stops_every_allocation() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     for _ in range(3):
         h.add_node()
     job = _system_job()
@@ -119,7 +120,7 @@ def test_stopping_the_job_stops_every_allocation() -> None:
 
 
 def test_full_node_is_a_placement_failure() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     h.add_node(f.placement_node(cpu=4000))
     h.add_node(f.placement_node(cpu=200, node_class="tiny"))
     h.add_node(f.placement_node(cpu=200, node_class="tiny"))
@@ -133,7 +134,7 @@ def test_full_node_is_a_placement_failure() -> None:
 
 
 def test_updates_in_place_or_replace_on_the_same_node() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     for _ in range(2):
         h.add_node()
     job = _system_job()
@@ -157,7 +158,7 @@ def test_updates_in_place_or_replace_on_the_same_node() -> None:
 
 
 def test_failed_system_allocation_is_replaced_on_its_node() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     a = h.add_node()
     h.run(_system_job())
     (old,) = h.live()
@@ -171,7 +172,7 @@ def test_failed_system_allocation_is_replaced_on_its_node() -> None:
 
 
 def test_system_job_honours_datacenters() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     a = h.add_node(f.placement_node(datacenter="dc1"))
     h.add_node(f.placement_node(datacenter="dc2"))
     job = _system_job()
@@ -181,7 +182,7 @@ def test_system_job_honours_datacenters() -> None:
 
 
 def test_purged_system_job_stops_everything() -> None:
-    h = f.SchedulerHarness()
+    h = SchedulerHarness()
     for _ in range(2):
         h.add_node()
     job = _system_job()
