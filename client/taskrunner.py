@@ -1,18 +1,22 @@
-"""One task's life on a client: start through its driver, wait, restart, kill.
+"""One task's life on a client: the I/O shell around ``TaskLifecycle``.
 
-The task runner owns a thread. What it decides is kept in small pure pieces (the
-restart tracker, the environment builder); what it does goes through the driver
-interface, so the mock driver exercises it with no processes at all.
+The decisions (start, restart, give up, kill) are made by the pure state machine
+in ``client/tasklifecycle.py`` (its docstring has the state diagram); this runner
+owns the task's thread, carries out the machine's actions through the driver and
+the task hooks (``client/taskhooks.py``), and feeds back what happened: the
+outcome of a start or a stop, an exit, a kill or restart asked for by another
+thread, the end of a delay. The clock is injected (``clock``), and so is the way
+a delay is waited (``wait``), so tests drive it with the mock driver and a fake
+clock.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from corral import structs
@@ -26,40 +30,42 @@ from corral.client.drivers.base import (
     TaskConfig,
     TaskHandle,
 )
-from corral.client.restarts import DONE, FAIL, RestartTracker
+from corral.client.restarts import RestartTracker
+from corral.client.taskhooks import TaskDirHook, TaskPaths, run_hooks, task_paths
+from corral.client.tasklifecycle import (
+    Action,
+    Begin,
+    CountRestart,
+    Delay,
+    DelayOver,
+    DestroyTask,
+    Emit,
+    Event,
+    Exited,
+    KillRequested,
+    Phase,
+    RestartRequested,
+    SetState,
+    Started,
+    StartFailed,
+    StartTask,
+    Stopped,
+    StopTask,
+    TaskLifecycle,
+)
 from corral.proto import pb
 
 log = logging.getLogger(__name__)
 
 MAX_EVENTS = 10
 MAX_KILL_TIMEOUT = 30.0  # the client's max_kill_timeout
+WAIT_POLL_S = 0.25  # how often a running task's runner looks for a kill or restart
+
+__all__ = ["TaskPaths", "TaskRunner", "task_paths"]
 
 
-class _RestartRequest:
-    """``_wait`` returns this when ``restart()`` was asked for."""
-
-    def __init__(self, reason: str, failure: bool) -> None:
-        self.reason = reason
-        self.failure = failure
-
-
-@dataclass
-class TaskPaths:
-    alloc_dir: str
-    task_dir: str
-    stdout: str
-    stderr: str
-
-
-def task_paths(alloc_root: str, task_name: str) -> TaskPaths:
-    """Nomad's alloc dir layout: ``alloc/logs/<task>.stdout.0`` and ``<task>/local``."""
-    logs = os.path.join(alloc_root, "alloc", "logs")
-    return TaskPaths(
-        alloc_dir=os.path.join(alloc_root, "alloc"),
-        task_dir=os.path.join(alloc_root, task_name),
-        stdout=os.path.join(logs, f"{task_name}.stdout.0"),
-        stderr=os.path.join(logs, f"{task_name}.stderr.0"),
-    )
+def _wait_event(event: threading.Event, seconds: float) -> bool:
+    return event.wait(seconds)
 
 
 class TaskRunner:
@@ -72,6 +78,10 @@ class TaskRunner:
         alloc_root: str,
         on_change: Callable[[TaskRunner], None],
         restored: dict[str, Any] | None = None,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        wait: Callable[[threading.Event, float], bool] = _wait_event,
+        hooks: list[object] | None = None,
     ) -> None:
         self.alloc = alloc
         self.task = task
@@ -79,10 +89,13 @@ class TaskRunner:
         self.driver = driver
         self.paths = task_paths(alloc_root, task.name)
         self._on_change = on_change
+        self._clock = clock
+        self._wait_fn = wait
+        self.hooks: list[object] = [TaskDirHook(self.paths), *(hooks or [])]
         self.state = pb.TaskState(state=structs.TASK_STATE_PENDING)
         self.handle: TaskHandle | None = None
         self._kill = threading.Event()
-        self._restart_req: _RestartRequest | None = None
+        self._restart_req: RestartRequested | None = None
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         group = structs.group_by_name(alloc.job, alloc.task_group)
@@ -94,6 +107,7 @@ class TaskRunner:
         else:
             policy.CopyFrom(structs.default_restart_policy(alloc.job.type))
         self.restarts = RestartTracker(policy, alloc.job.type or structs.JOB_TYPE_SERVICE)
+        self.lifecycle = TaskLifecycle(self.restarts, task.driver)
         if restored:
             self.state = pb.TaskState.FromString(bytes.fromhex(restored["state"]))
             if restored.get("handle"):
@@ -123,7 +137,8 @@ class TaskRunner:
             if self.dead or self._kill.is_set() or self.handle is None:
                 return False
             if self._restart_req is None:
-                self._restart_req = _RestartRequest(reason, failure)
+                timeout, signal = self._kill_params()
+                self._restart_req = RestartRequested(reason, failure, timeout, signal)
         return True
 
     def join(self, timeout: float | None = None) -> None:
@@ -145,7 +160,7 @@ class TaskRunner:
     def _event(self, etype: str, message: str = "", **extra: Any) -> None:
         with self._lock:
             ev = self.state.events.add(
-                type=etype, time=time.time_ns(), message=message, display_message=message
+                type=etype, time=self._clock(), message=message, display_message=message
             )
             for k, v in extra.items():
                 setattr(ev, k, v)
@@ -158,7 +173,7 @@ class TaskRunner:
             self.state.state = state
             if failed is not None:
                 self.state.failed = failed
-            now = time.time_ns()
+            now = self._clock()
             if state == structs.TASK_STATE_RUNNING:
                 self.state.started_at = now
                 self.state.finished_at = 0
@@ -166,7 +181,7 @@ class TaskRunner:
                 self.state.finished_at = now
         self._on_change(self)
 
-    # ------------------------------------------------------------ the loop
+    # ------------------------------------------------------------ the shell
     def _run(self) -> None:
         try:
             self._loop()
@@ -174,6 +189,9 @@ class TaskRunner:
             log.exception("task runner %s crashed", self.task.name)
             self._event(structs.EVENT_DRIVER_FAILURE, f"task runner error: {exc}", fails_task=True)
             self._set_state(structs.TASK_STATE_DEAD, failed=True)
+        finally:
+            if self.dead:
+                run_hooks(self.hooks, "stop")
 
     def _loop(self) -> None:
         if self.dead:
@@ -188,159 +206,99 @@ class TaskRunner:
                 log.info("reattached to task %s of alloc %s", self.task.name, self.alloc.id)
             else:
                 self.handle = None
-        if not recovered:
-            if not self.state.events:
-                self._event(structs.EVENT_RECEIVED, "Task received by client")
-            if self.driver is None:
-                self._event(
-                    structs.EVENT_DRIVER_FAILURE,
-                    f"driver {self.task.driver!r} is not available on this node",
-                    fails_task=True,
-                )
-                self._set_state(structs.TASK_STATE_DEAD, failed=True)
-                return
-        while True:
-            if not recovered:
-                if self._kill.is_set():
-                    self._set_state(structs.TASK_STATE_DEAD, failed=False)
-                    return
-                if not self._start_once():
-                    return  # dead: failed or killed
-            recovered = False
-            result = self._wait()
-            if result is None:  # killed
-                return
-            if isinstance(result, _RestartRequest):
-                if not self._restart_signaled(result):
-                    return
-                continue
-            verdict = self.restarts.on_exit(time.time_ns(), result.successful)
-            msg = f"Exit Code: {result.exit_code}"
-            if result.signal:
-                msg += f", Signal: {result.signal}"
-            if result.oom_killed:
-                msg += ", OOM Killed"
-            if result.err:
-                msg += f", {result.err}"
-            self._event(
-                structs.EVENT_TERMINATED,
-                msg,
-                exit_code=result.exit_code,
-                signal=result.signal,
+        self.lifecycle.running = self.state.state == structs.TASK_STATE_RUNNING
+        self._feed(
+            Begin(
+                recovered=recovered,
+                driver_available=self.driver is not None,
+                first_run=not self.state.events,
             )
-            self._destroy()
-            if verdict.action == DONE:
-                self._set_state(structs.TASK_STATE_DEAD, failed=False)
-                return
-            if verdict.action == FAIL:
-                self._event(structs.EVENT_NOT_RESTARTING, verdict.reason, fails_task=True)
-                self._set_state(structs.TASK_STATE_DEAD, failed=True)
-                return
-            if not self._restart_delay(verdict.delay_ns):
-                return
-
-    def _restart_signaled(self, req: _RestartRequest) -> bool:
-        """Carry out ``restart()``: stop the task, then (after the policy's delay for
-        a failure restart) let the loop start it again. False when the task ended."""
-        self._event(structs.EVENT_RESTART_SIGNAL, req.reason)
-        assert self.driver is not None and self.handle is not None
-        timeout, signal = self._kill_params()
-        try:
-            self.driver.stop_task(self.handle, timeout, signal)
-            result = self.driver.wait_task(self.handle, timeout=1.0)
-        except DriverError as exc:
-            result = ExitResult(exit_code=-1, err=str(exc))
-        if result is not None:
-            msg = f"Exit Code: {result.exit_code}"
-            if result.signal:
-                msg += f", Signal: {result.signal}"
-            self._event(
-                structs.EVENT_TERMINATED, msg, exit_code=result.exit_code, signal=result.signal
-            )
-        self._destroy()
-        with self._lock:
-            self._restart_req = None
-        delay = 0
-        if req.failure:
-            verdict = self.restarts.on_exit(time.time_ns(), successful=False)
-            if verdict.action == FAIL:
-                self._event(structs.EVENT_NOT_RESTARTING, verdict.reason, fails_task=True)
-                self._set_state(structs.TASK_STATE_DEAD, failed=True)
-                return False
-            delay = verdict.delay_ns
-        return self._restart_delay(delay)
-
-    def _restart_delay(self, delay_ns: int) -> bool:
-        self._event(
-            structs.EVENT_RESTARTING,
-            f"Task restarting in {delay_ns / 1e9:.3g}s",
-            start_delay=delay_ns,
         )
-        with self._lock:
-            self.state.restarts += 1
-            self.state.last_restart = time.time_ns()
-        # Not running while it waits to restart (Nomad shows the task pending).
-        if self.state.state == structs.TASK_STATE_RUNNING:
-            self._set_state(structs.TASK_STATE_PENDING)
-        if self._kill.wait(delay_ns / 1e9):
-            self._set_state(structs.TASK_STATE_DEAD, failed=False)
-            return False
-        return True
+        while not self.lifecycle.dead:
+            # Only a running task waits here; every other phase is resolved by the
+            # action that put the machine in it.
+            self._feed(self._watch())
 
-    def _start_once(self) -> bool:
-        """Start the task, retrying failed starts as the restart policy says; False
-        when it ended dead (start failed for good, or killed between tries).
+    def _feed(self, first: Event) -> None:
+        """Hand ``first`` to the machine, carry out its actions, and hand it their
+        outcomes in turn, until it waits for the task itself."""
+        events: deque[Event] = deque([first])
+        while events:
+            for action in self.lifecycle.handle(events.popleft(), self._clock()):
+                outcome = self._do(action)
+                if outcome is not None:
+                    events.append(outcome)
 
-        A loop, not a recursion: with ``mode = "delay"`` the policy never gives up on
-        a recoverable start error (an image that cannot be pulled yet), so every try
-        must leave the stack as it found it. A kill between tries (during the
-        policy's delay, or just after it) ends the task instead of starting it.
-        """
+    def _do(self, action: Action) -> Event | None:
+        match action:
+            case Emit():
+                self._event(action.type, action.message, **action.extra)
+            case SetState():
+                self._set_state(action.state, action.failed)
+            case CountRestart():
+                with self._lock:
+                    self.state.restarts += 1
+                    self.state.last_restart = self._clock()
+            case StartTask():
+                return self._start()
+            case StopTask():
+                return self._stop(action)
+            case DestroyTask():
+                self._destroy()
+                run_hooks(self.hooks, "exited")
+            case Delay():
+                if self._wait_fn(self._kill, action.delay_ns / 1e9):
+                    return KillRequested(*self._kill_params())
+                return DelayOver()
+        return None
+
+    def _start(self) -> Event:
         assert self.driver is not None
-        while True:
-            if self._kill.is_set():
-                self._set_state(structs.TASK_STATE_DEAD, failed=False)
-                return False
-            try:
-                cfg = self._task_config()
-                os.makedirs(self.paths.task_dir, exist_ok=True)
-                os.makedirs(os.path.join(self.paths.task_dir, "local"), exist_ok=True)
-                os.makedirs(os.path.join(self.paths.task_dir, "secrets"), exist_ok=True)
-                os.makedirs(os.path.dirname(self.paths.stdout), exist_ok=True)
-                self.handle = self.driver.start_task(cfg)
-            except DriverError as exc:
-                self._event(
-                    structs.EVENT_DRIVER_FAILURE, str(exc), driver_error=str(exc), fails_task=True
-                )
-                verdict = self.restarts.on_start_error(time.time_ns(), exc.recoverable, str(exc))
-                if verdict.action == FAIL:
-                    self._event(structs.EVENT_NOT_RESTARTING, verdict.reason, fails_task=True)
-                    self._set_state(structs.TASK_STATE_DEAD, failed=True)
-                    return False
-                if not self._restart_delay(verdict.delay_ns):
-                    return False
-                continue
-            self._set_state(structs.TASK_STATE_RUNNING)
-            self._event(structs.EVENT_STARTED, "Task started by client")
-            return True
+        if self._kill.is_set():
+            return KillRequested(*self._kill_params())
+        try:
+            cfg = self._task_config()
+            run_hooks(self.hooks, "prestart")
+            handle = self.driver.start_task(cfg)
+        except DriverError as exc:
+            return StartFailed(str(exc), exc.recoverable)
+        with self._lock:
+            self.handle = handle
+        run_hooks(self.hooks, "poststart")
+        return Started()
 
-    def _wait(self) -> ExitResult | _RestartRequest | None:
-        """Wait for exit; on a kill request stop the task and return None; on a
-        restart request return it (the task still runs)."""
+    def _watch(self) -> Event:
+        """A running task: its exit, or a kill or restart asked for meanwhile."""
+        assert self.lifecycle.phase == Phase.RUNNING
         assert self.driver is not None and self.handle is not None
         while True:
             if self._kill.is_set():
-                self._stop_task()
-                return None
-            req = self._restart_req
+                return KillRequested(*self._kill_params())
+            req = self._restart_req  # cleared once the restart's stop is done
             if req is not None:
                 return req
             try:
-                result = self.driver.wait_task(self.handle, timeout=0.25)
+                result = self.driver.wait_task(self.handle, timeout=WAIT_POLL_S)
             except DriverError as exc:
                 result = ExitResult(exit_code=-1, err=str(exc))
             if result is not None:
-                return result
+                return Exited(result)
+
+    def _stop(self, action: StopTask) -> Event:
+        assert self.driver is not None and self.handle is not None
+        result: ExitResult | None = None
+        try:
+            self.driver.stop_task(self.handle, action.timeout_s, action.signal)
+            if action.wait_exit:
+                result = self.driver.wait_task(self.handle, timeout=1.0)
+        except DriverError as exc:
+            log.warning("stopping task %s: %s", self.task.name, exc)
+            if action.wait_exit:
+                result = ExitResult(exit_code=-1, err=str(exc))
+        if action.wait_exit:
+            with self._lock:  # a restart asked for meanwhile is the one carried out
+                self._restart_req = None
+        return Stopped(result)
 
     def _kill_params(self) -> tuple[float, str]:
         timeout = min(
@@ -348,20 +306,6 @@ class TaskRunner:
         )
         signal = self.task.kill_signal or ("SIGTERM" if self.task.driver == "docker" else "SIGINT")
         return timeout, signal
-
-    def _stop_task(self) -> None:
-        assert self.driver is not None and self.handle is not None
-        timeout, signal = self._kill_params()
-        self._event(
-            structs.EVENT_KILLING, f"Sent interrupt. Waiting {timeout:g}s before force killing"
-        )
-        try:
-            self.driver.stop_task(self.handle, timeout, signal)
-        except DriverError as exc:
-            log.warning("stopping task %s: %s", self.task.name, exc)
-        self._event(structs.EVENT_KILLED, "Task successfully killed")
-        self._destroy()
-        self._set_state(structs.TASK_STATE_DEAD, failed=False)
 
     def _destroy(self) -> None:
         if self.driver is not None and self.handle is not None:
