@@ -4,7 +4,7 @@ Threads, each with one job:
 * heartbeat: keeps the node alive within the TTL the server hands out;
 * watch: one gRPC server stream of the node's allocations; reconciles runners;
 * reporter: batches allocation status changes to the server every 200 ms;
-* service-sync: reports service registrations (``client/services.py``), batched and
+* service-sync: reports service registrations (``client/services/``), batched and
   only on change; check-timers (+ a small pool) runs every service check;
 * ClientService gRPC server: logs for ``corral alloc logs`` (proxied by servers).
 
@@ -41,7 +41,7 @@ from corral.client.drivers import load_drivers
 from corral.client.drivers.base import Driver
 from corral.client.fingerprint import fingerprint_node
 from corral.client.logs import ClientLogService
-from corral.client.services import Scheduler, ServiceRegistry, ServiceRuntime
+from corral.client.services import ServiceRegistry, ServiceRuntime, TimerWheel
 from corral.proto import pb, rpc
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class ClientAgent:
         self._threads: list[threading.Thread] = []
         self.heartbeat_ttl = 10.0
         self.registered = threading.Event()
-        self.services = ServiceRuntime(ServiceRegistry(self._send_services), Scheduler())
+        self.services = ServiceRuntime(ServiceRegistry(self._send_services), TimerWheel())
 
     # ------------------------------------------------------------ identity
     def _load_identity(self) -> pb.Node:

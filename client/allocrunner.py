@@ -4,7 +4,7 @@ The client status is derived from the tasks (Nomad's rules): pending until every
 task runs, running while they do, failed as soon as one failed, complete when all
 ended well. A server-side stop kills the tasks; the allocation then ends complete.
 
-Services (``client/services.py``): the allocation's service hook registers it once
+Services (``client/services/``): the allocation's service hook registers it once
 every task runs, and reports its deployment health. Stopping an allocation that
 declares services runs, on its own thread (never the watch loop's):
 

@@ -27,9 +27,9 @@ from corral.client.services import (
     AllocServices,
     CheckSpec,
     HealthTracker,
-    Scheduler,
     ServiceRegistry,
     ServiceRuntime,
+    TimerWheel,
     build_services,
     interpolate_name,
     run_check,
@@ -171,7 +171,7 @@ class FakeClock:
             self._wall_ns += int(seconds * SECOND)
 
 
-def settle(sched: Scheduler, clock: FakeClock, seconds: float = 0.0) -> None:
+def settle(sched: TimerWheel, clock: FakeClock, seconds: float = 0.0) -> None:
     """Advance ``clock`` (the scheduler's), then return once the scheduler ran
     everything due by then: a one-shot timer due now comes after them in the
     heap, and with one worker the pool runs them first (FIFO)."""
@@ -312,7 +312,7 @@ def test_a_target_that_does_not_answer_is_critical_never_an_error(
 
 def test_scheduler_runs_periodic_and_one_shot_timers_on_one_thread() -> None:
     clock = FakeClock()
-    sched = Scheduler(workers=1, clock=clock.monotonic)
+    sched = TimerWheel(workers=1, clock=clock.monotonic)
     runs: list[float] = []
     once: list[float] = []
     try:
@@ -338,7 +338,7 @@ def test_scheduler_runs_periodic_and_one_shot_timers_on_one_thread() -> None:
 
 def test_a_slow_check_never_runs_twice_at_once() -> None:
     clock = FakeClock()
-    sched = Scheduler(workers=4, clock=clock.monotonic)
+    sched = TimerWheel(workers=4, clock=clock.monotonic)
     lock = threading.Lock()
     release = threading.Event()
     runs = active = most = 0
@@ -532,7 +532,7 @@ class Harness:
         self.clock = FakeClock()
         self.runtime = ServiceRuntime(
             ServiceRegistry(self.send, coalesce=0),
-            Scheduler(workers=1, clock=self.clock.monotonic),
+            TimerWheel(workers=1, clock=self.clock.monotonic),
             deregister_wait=2,
         )
         self.restarts: list[tuple[str, str]] = []

@@ -107,7 +107,10 @@ def test_a_failing_service_restarts_within_policy_then_fails() -> None:
             (Exited(ONE), [*restart, "delay:15"]),
             (DelayOver(), ["start"]),
             (Started(), RUNNING),
-            (Exited(ONE), ["emit:Terminated", "destroy", "emit:Not Restarting", "state:dead/failed"]),
+            (
+                Exited(ONE),
+                ["emit:Terminated", "destroy", "emit:Not Restarting", "state:dead/failed"],
+            ),
         ],
     )
 
