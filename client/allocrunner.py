@@ -4,12 +4,13 @@ The client status is derived from the tasks (Nomad's rules): pending until every
 task runs, running while they do, failed as soon as one failed, complete when all
 ended well. A server-side stop kills the tasks; the allocation then ends complete.
 
-Services (``client/services/``): the allocation's service hook registers it once
-every task runs, and reports its deployment health. Stopping an allocation that
-declares services runs, on its own thread (never the watch loop's):
+Each concern is an alloc hook (``client/allochooks.py``): the alloc dir, the
+services (registered once every task runs, checks, deployment health), the
+shutdown delay. Stopping an allocation whose hooks have something to wait for
+runs, on its own thread (never the watch loop's):
 
-    deregister (wait until the servers acknowledged, bounded)
-      -> shutdown delay (``_shutdown_delay``: the hook for issue 6)
+    prekill hooks: deregister the services (wait until the servers acknowledged,
+                   bounded) -> shutdown delay
       -> kill every task (kill_signal, kill_timeout, SIGKILL)
 
 so that a proxy stops routing to an instance before the instance stops.
@@ -18,12 +19,12 @@ so that a proxy stops routing to an instance before the instance stops.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from corral import structs
+from corral.client.allochooks import AllocDirHook, ServicesHook, ShutdownDelayHook, run_hooks
 from corral.client.drivers.base import Driver
 from corral.client.services import AllocServices, ServiceRuntime
 from corral.client.taskrunner import TaskRunner
@@ -56,6 +57,7 @@ class AllocRunner:
         restored: dict[str, Any] | None = None,
         *,
         services: ServiceRuntime | None = None,
+        wait: Callable[[threading.Event, float], bool] | None = None,
     ) -> None:
         self.alloc = alloc
         self.node = node
@@ -63,8 +65,6 @@ class AllocRunner:
         self._on_update = on_update
         self._lock = threading.Lock()
         self.killed = False
-        # Set to cut a shutdown delay short (agent shutdown); never set otherwise.
-        self._delay_done = threading.Event()
         self._stopping = False
         self._stopper: threading.Thread | None = None
         self.services = AllocServices(
@@ -74,6 +74,12 @@ class AllocRunner:
             restart_task=self.restart_task,
             on_health=lambda: self._on_update(self),
         )
+        self.shutdown_delay = ShutdownDelayHook(lambda: self.alloc, wait)
+        self.hooks: list[object] = [
+            AllocDirHook(alloc_root),
+            ServicesHook(self.services),
+            self.shutdown_delay,
+        ]
         group = structs.group_by_name(alloc.job, alloc.task_group)
         tasks = list(group.tasks) if group is not None else []
         restored_tasks = (restored or {}).get("tasks", {})
@@ -93,15 +99,14 @@ class AllocRunner:
             self.killed = True
 
     def start(self) -> None:
-        os.makedirs(os.path.join(self.root, "alloc", "logs"), exist_ok=True)
-        os.makedirs(os.path.join(self.root, "alloc", "tmp"), exist_ok=True)
+        run_hooks(self.hooks, "prerun")
         for tr in self.tasks.values():
             tr.start()
         if self.killed:
             self.kill()
         else:
-            # Restored tasks may already run: let the service hook see them.
-            self.services.tasks_changed(self._states())
+            # Restored tasks may already run: let the hooks see them.
+            run_hooks(self.hooks, "tasks_changed", self._states())
         self._on_update(self)
 
     def update(self, alloc: pb.Allocation) -> None:
@@ -112,49 +117,36 @@ class AllocRunner:
         if alloc.desired_status != structs.ALLOC_DESIRED_RUN:
             self.kill()
         else:
-            self.services.update_alloc(alloc)
+            run_hooks(self.hooks, "update", alloc)
 
     def kill(self) -> None:
-        """Stop the allocation: deregister its services, wait the shutdown delay,
-        then kill its tasks. Returns at once (the sequence runs on its own thread
-        when there is something to deregister); idempotent."""
+        """Stop the allocation: the prekill hooks (deregister its services, wait the
+        shutdown delay), then kill its tasks. Returns at once (the sequence runs on
+        its own thread when a hook has something to wait for); idempotent."""
         with self._lock:
             self.killed = True
             if self._stopping:
                 return
             self._stopping = True
             live = any(not tr.dead for tr in self.tasks.values())
-            if self.services.declared and live:
+            waits = live and any(getattr(h, "needs_time", lambda: False)() for h in self.hooks)
+            if waits:
                 self._stopper = threading.Thread(
-                    target=self._stop_sequence, name=f"alloc-stop-{self.alloc.id[:8]}", daemon=True
+                    target=self._stop_sequence,
+                    args=(live,),
+                    name=f"alloc-stop-{self.alloc.id[:8]}",
+                    daemon=True,
                 )
         if self._stopper is not None:
             self._stopper.start()
         else:
-            self.services.deregister(wait=0)
-            self._kill_tasks()
+            self._stop_sequence(live)
 
-    def _stop_sequence(self) -> None:
+    def _stop_sequence(self, live: bool) -> None:
         try:
-            self.services.deregister()
-            self._shutdown_delay()
-        except Exception:
-            log.exception("stopping the services of allocation %s failed", self.alloc.id)
+            run_hooks(self.hooks, "prekill", live)
         finally:
             self._kill_tasks()
-
-    def _shutdown_delay(self) -> None:
-        """Between deregistration and the kill signal: the time a proxy needs to
-        stop routing here (Nomad's ``shutdown_delay``, group and task level: the
-        longest applies, since the tasks are killed together). In-flight requests
-        finish meanwhile; new ones already go elsewhere."""
-        group = structs.group_by_name(self.alloc.job, self.alloc.task_group)
-        delays = [group.shutdown_delay] if group is not None else []
-        delays += [tr.task.shutdown_delay for tr in self.tasks.values()]
-        delay = max(delays, default=0) / 1e9
-        if delay > 0 and any(not tr.dead for tr in self.tasks.values()):
-            log.info("allocation %s: waiting shutdown_delay %.3gs", self.alloc.id[:8], delay)
-            self._delay_done.wait(delay)
 
     def _kill_tasks(self) -> None:
         for tr in self.tasks.values():
@@ -179,6 +171,7 @@ class AllocRunner:
     def destroy(self) -> None:
         for tr in self.tasks.values():
             tr.destroy()
+        run_hooks(self.hooks, "destroy")
 
     @property
     def terminal(self) -> bool:
@@ -193,7 +186,7 @@ class AllocRunner:
             for other in self.tasks.values():
                 if other is not tr and not other.dead:
                     other.kill()
-        self.services.tasks_changed(self._states())
+        run_hooks(self.hooks, "tasks_changed", self._states())
         self._on_update(self)
 
     def client_update(self) -> pb.Allocation:
