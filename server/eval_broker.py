@@ -18,6 +18,7 @@ import heapq
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from corral.proto import pb
@@ -34,7 +35,18 @@ class _Outstanding:
 
 
 class EvalBroker:
-    def __init__(self, nack_timeout: float = NACK_TIMEOUT) -> None:
+    """Clocks are injected: ``clock`` (monotonic seconds: nack timeouts, dequeue
+    deadlines) and ``wall_clock`` (ns: an evaluation's ``wait_until``). Tests pass
+    fakes and dequeue with ``timeout=0`` after moving them."""
+
+    def __init__(
+        self,
+        nack_timeout: float = NACK_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._clock = clock
+        self._wall_clock = wall_clock
         self._lock = threading.Condition()
         self._ready: list[tuple[int, int, str]] = []  # (-priority, seq, eval id)
         self._evals: dict[str, pb.Evaluation] = {}  # ready or waiting
@@ -76,7 +88,7 @@ class EvalBroker:
         with self._lock:
             if not self._enabled or ev.id in self._evals or ev.id in self._unack:
                 return
-            if ev.wait_until and ev.wait_until > time.time_ns():
+            if ev.wait_until and ev.wait_until > self._wall_clock():
                 if ev.id not in self._delayed_evals:
                     self._delayed_evals[ev.id] = ev
                     heapq.heappush(self._delayed, (ev.wait_until, next(self._seq), ev.id))
@@ -114,7 +126,7 @@ class EvalBroker:
 
     # ------------------------------------------------------------ consumers
     def dequeue(self, timeout: float) -> tuple[pb.Evaluation, str] | None:
-        deadline = time.monotonic() + timeout
+        deadline = self._clock() + timeout
         with self._lock:
             while True:
                 self._expire_unacked()
@@ -125,17 +137,15 @@ class EvalBroker:
                     if ev is None:
                         continue
                     token = str(next(self._tokens))
-                    self._unack[ev.id] = _Outstanding(
-                        ev, token, time.monotonic() + self._nack_timeout
-                    )
+                    self._unack[ev.id] = _Outstanding(ev, token, self._clock() + self._nack_timeout)
                     self._deliveries[ev.id] = self._deliveries.get(ev.id, 0) + 1
                     return ev, token
-                remaining = deadline - time.monotonic()
+                remaining = deadline - self._clock()
                 if remaining <= 0 or not self._enabled:
                     return None
                 wait = min(remaining, 1.0)
                 if self._delayed:
-                    due = (self._delayed[0][0] - time.time_ns()) / 1e9
+                    due = (self._delayed[0][0] - self._wall_clock()) / 1e9
                     wait = max(min(wait, due), 0.001)
                 self._lock.wait(wait)
 
@@ -180,7 +190,7 @@ class EvalBroker:
                 self._push(nxt)
 
     def _release_delayed(self) -> None:
-        now = time.time_ns()
+        now = self._wall_clock()
         while self._delayed and self._delayed[0][0] <= now:
             _, _, eval_id = heapq.heappop(self._delayed)
             ev = self._delayed_evals.pop(eval_id, None)
@@ -194,7 +204,7 @@ class EvalBroker:
                 self._push(ev)
 
     def _expire_unacked(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         for eval_id, out in list(self._unack.items()):
             if out.deadline <= now:
                 del self._unack[eval_id]

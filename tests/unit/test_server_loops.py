@@ -3,8 +3,6 @@ whole in-memory server (LocalConsensus) taking a job from register to placement.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from corral import structs
@@ -17,6 +15,13 @@ from corral.server.server import InvalidRequest, NotFound, Server, ServerConfig
 from corral.server.state import StateStore
 from tests.support import factories as f
 from tests.support.factories import command
+from tests.support.wait import wait_for
+
+
+def evaluated(server: Server, eval_id: str) -> pb.Evaluation | None:
+    """The evaluation once a worker is done with it."""
+    ev = server.state.eval(eval_id)
+    return ev if ev is not None and ev.status != structs.EVAL_STATUS_PENDING else None
 
 
 def ev_for(job_id: str, priority: int = 50) -> pb.Evaluation:
@@ -51,13 +56,35 @@ def test_broker_redelivers_nacked_until_the_limit() -> None:
     assert b.dequeue(0.05) is None
 
 
+class FakeClocks:
+    """The broker's two clocks, moved by hand."""
+
+    def __init__(self) -> None:
+        self.mono = 1000.0
+        self.wall_ns = 1_700_000_000 * 1_000_000_000
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall_ns += int(seconds * 1e9)
+
+    def broker(self, nack_timeout: float = 60.0) -> EvalBroker:
+        b = EvalBroker(
+            nack_timeout=nack_timeout, clock=lambda: self.mono, wall_clock=lambda: self.wall_ns
+        )
+        b.set_enabled(True)
+        return b
+
+
 def test_broker_requeues_after_nack_timeout() -> None:
-    b = EvalBroker(nack_timeout=0.05)
-    b.set_enabled(True)
+    clocks = FakeClocks()
+    b = clocks.broker(nack_timeout=5.0)
     e = ev_for("a")
     b.enqueue(e)
-    assert b.dequeue(0.1) is not None
-    again = b.dequeue(1.0)
+    assert b.dequeue(0) is not None
+    clocks.advance(4.9)
+    assert b.dequeue(0) is None  # still out with its worker
+    clocks.advance(0.2)
+    again = b.dequeue(0)
     assert again is not None and again[0].id == e.id
 
 
@@ -114,13 +141,8 @@ def test_in_memory_server_places_a_registered_job() -> None:
         node = f.node()
         server.register_node(node)
         resp = server.register_job(f.job(count=3))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            ev = server.state.eval(resp.eval_id)
-            if ev is not None and ev.status != structs.EVAL_STATUS_PENDING:
-                break
-            time.sleep(0.01)
-        assert ev is not None and ev.status == structs.EVAL_STATUS_COMPLETE
+        ev = wait_for(lambda: evaluated(server, resp.eval_id), timeout=10)
+        assert ev.status == structs.EVAL_STATUS_COMPLETE
         assert len(server.state.allocs_by_node(node.id)) == 3
     finally:
         server.stop()
@@ -132,20 +154,11 @@ def test_in_memory_server_blocks_then_places_when_capacity_appears() -> None:
     try:
         assert server.wait_leader(5)
         resp = server.register_job(f.job(count=2))
-        deadline = time.monotonic() + 10
-        ev = None
-        while time.monotonic() < deadline:
-            ev = server.state.eval(resp.eval_id)
-            if ev is not None and ev.status == structs.EVAL_STATUS_COMPLETE:
-                break
-            time.sleep(0.01)
-        assert (
-            ev is not None and ev.blocked_eval and ev.failed_tg_allocs["web"].nodes_evaluated == 0
-        )
+        ev = wait_for(lambda: evaluated(server, resp.eval_id), timeout=10)
+        assert ev.status == structs.EVAL_STATUS_COMPLETE
+        assert ev.blocked_eval and ev.failed_tg_allocs["web"].nodes_evaluated == 0
         server.register_node(f.node())
-        while time.monotonic() < deadline and len(server.state.allocs_by_job("default", "web")) < 2:
-            time.sleep(0.01)
-        assert len(server.state.allocs_by_job("default", "web")) == 2
+        wait_for(lambda: len(server.state.allocs_by_job("default", "web")) == 2, timeout=10)
     finally:
         server.stop()
 
@@ -170,20 +183,22 @@ def test_invalid_job_is_refused_and_changes_nothing() -> None:
 
 
 def test_broker_holds_delayed_evaluations_until_due() -> None:
-    b = EvalBroker()
-    b.set_enabled(True)
+    clocks = FakeClocks()
+    b = clocks.broker()
     later = ev_for("a")
-    later.wait_until = time.time_ns() + 300_000_000
+    later.wait_until = clocks.wall_ns + 30 * 1_000_000_000
     now = ev_for("b")
     b.enqueue(later)
     b.enqueue(now)
-    first = b.dequeue(0.1)
+    first = b.dequeue(0)
     assert first is not None and first[0].id == now.id
-    assert b.dequeue(0.05) is None  # not due yet
+    clocks.advance(29.9)
+    assert b.dequeue(0) is None  # not due yet
     assert b.stats()["delayed"] == 1
-    due = b.dequeue(2.0)
+    clocks.advance(0.2)
+    due = b.dequeue(0)
     assert due is not None and due[0].id == later.id
-    assert time.time_ns() >= later.wait_until
+    assert b.stats()["delayed"] == 0
 
 
 def test_scaling_a_job_places_the_new_count() -> None:
@@ -200,10 +215,7 @@ def test_scaling_a_job_places_the_new_count() -> None:
                 1 for a in server.state.allocs_by_job("default", "web") if a.desired_status == "run"
             )
 
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and placed() < 4:
-            time.sleep(0.01)
-        assert placed() == 4
+        wait_for(lambda: placed() == 4, timeout=10, interval=0.01)
         ev = server.state.eval(resp.eval_id)
         assert ev is not None and ev.status == structs.EVAL_STATUS_COMPLETE
         job = server.state.job("default", "web")
