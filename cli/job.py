@@ -100,8 +100,16 @@ def run(
 
 @job.command("stop")
 @click.argument("job_id", metavar="JOB")
-@click.option("--purge", is_flag=True, help="Remove the job from the state, not just stop it.")
-@click.option("--detach", is_flag=True, help="Return after submitting; do not monitor.")
+@click.option(
+    "--purge",
+    "-purge",
+    "purge",
+    is_flag=True,
+    help="Remove the job from the state, not just stop it.",
+)
+@click.option(
+    "--detach", "-detach", "detach", is_flag=True, help="Return after submitting; do not monitor."
+)
 @verbose_option
 @click.pass_context
 def stop(ctx: click.Context, job_id: str, purge: bool, detach: bool, verbose: bool) -> None:

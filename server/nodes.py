@@ -177,12 +177,53 @@ class NodeEndpoints(ServerBase):
 
     # ------------------------------------------------------------ allocations
     def update_allocs_from_client(self, allocs: list[pb.Allocation]) -> int:
+        """A client's status reports. A newly failed allocation gets its job an
+        evaluation (trigger ``alloc-failure``) in the same raft entry, as Nomad's
+        ``Node.UpdateAlloc``: the scheduler then applies the reschedule policy (now,
+        or a follow-up evaluation after its delay)."""
         if not allocs:
             return self.state.index
+        evals = self._evals_for_failed(allocs)
         result = self.propose(
-            pb.Command(alloc_client_update=pb.AllocClientUpdateCommand(allocs=allocs))
+            pb.Command(alloc_client_update=pb.AllocClientUpdateCommand(allocs=allocs, evals=evals))
         )
         return result.index
+
+    def _evals_for_failed(self, allocs: list[pb.Allocation]) -> list[pb.Evaluation]:
+        """One evaluation per job with an allocation that just failed and may be
+        rescheduled: not already failed (a repeated report), still desired to run,
+        no follow-up evaluation waiting for it, its job neither stopped nor purged,
+        and a reschedule policy that allows any attempt (system jobs have none)."""
+        evals: list[pb.Evaluation] = []
+        seen: set[tuple[str, str]] = set()
+        for upd in allocs:
+            if upd.client_status != structs.ALLOC_CLIENT_FAILED:
+                continue
+            old = self.state.alloc(upd.id)
+            if (
+                old is None
+                or old.client_status == structs.ALLOC_CLIENT_FAILED
+                or old.desired_status != structs.ALLOC_DESIRED_RUN
+                or old.followup_eval_id
+            ):
+                continue
+            key = (old.namespace, old.job_id)
+            if key in seen:
+                continue
+            job = self.state.job(old.namespace, old.job_id)
+            if job is None or job.stop:
+                continue
+            group = structs.group_by_name(job, old.task_group)
+            if group is None:
+                continue
+            policy = group.reschedule_policy
+            if not (policy.unlimited or policy.attempts > 0):
+                continue
+            seen.add(key)
+            evals.append(
+                self._new_eval(job, old.namespace, old.job_id, structs.TRIGGER_RETRY_FAILED_ALLOC)
+            )
+        return evals
 
     def node_allocations(self, node_id: str) -> list[pb.Allocation]:
         """The node's allocations, each with its job version attached (what a

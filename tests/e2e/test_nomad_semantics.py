@@ -1,0 +1,85 @@
+"""Nomad's semantics end to end, on a real dev agent with raw_exec tasks (the
+Nomad-semantics issue): what a Nomad user sees, through the CLI's JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.agent import DevAgent, run_cli
+from tests.support.wait import wait_for
+
+RESCHEDULE_JOB = """
+job "resched" {
+  type = "service"
+  group "g" {
+    count = 1
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+    reschedule {
+      delay          = "1s"
+      delay_function = "constant"
+      unlimited      = true
+    }
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "sleep 0.2; exit 1"]
+      }
+    }
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevAgent]:
+    with DevAgent(base_dir=tmp_path_factory.mktemp("dev")) as a:
+        yield a
+
+
+def cli_json(agent: DevAgent, *args: str) -> Any:
+    out = run_cli(*args, "--json", addr=agent.rpc_addr)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def run_job(agent: DevAgent, tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / f"{name}.hcl"
+    path.write_text(text)
+    out = run_cli("job", "run", "-detach", str(path), addr=agent.rpc_addr)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_failed_allocation_is_rescheduled(agent: DevAgent, tmp_path: Path) -> None:
+    """Nomad's Node.UpdateAlloc: a failed allocation gets its job an evaluation
+    (``alloc-failure``); the reschedule policy places a replacement that links to it."""
+    run_job(agent, tmp_path, "resched", RESCHEDULE_JOB)
+
+    def rescheduled_twice() -> list[dict[str, Any]] | None:
+        allocs = cli_json(agent, "job", "status", "resched")["Allocations"]
+        linked = [a for a in allocs if a.get("PreviousAllocation")]
+        return allocs if len(linked) >= 2 else None
+
+    allocs = wait_for(rescheduled_twice, timeout=60, message="two replacements of failed allocs")
+    by_id = {a["ID"]: a for a in allocs}
+    for alloc in allocs:
+        prev = alloc.get("PreviousAllocation")
+        if not prev or prev not in by_id:
+            continue
+        assert by_id[prev]["ClientStatus"] == "failed"
+        assert by_id[prev].get("NextAllocation") == alloc["ID"]
+        events = alloc["RescheduleTracker"]["Events"]
+        assert events and events[-1]["PrevAllocID"] == prev
+    evals = cli_json(agent, "eval", "list", "--job", "resched")
+    assert any(e["TriggeredBy"] == "alloc-failure" for e in evals), [
+        e["TriggeredBy"] for e in evals
+    ]
+    assert run_cli("job", "stop", "-purge", "resched", addr=agent.rpc_addr).returncode == 0
