@@ -1,37 +1,40 @@
-"""An in-process fake corral server: real gRPC, in-memory state, a toy scheduler.
+"""An in-process scripted corral server: real gRPC, in-memory tables, a toy scheduler.
 
-Why a fake and not the real server: the CLI and its API client are tested on their
-own, against the wire contract (``proto/corral.proto``) and the server semantics the
-contract promises (prefix lookups, NOT_FOUND / FAILED_PRECONDITION /
-INVALID_ARGUMENT, evaluations going ``pending`` -> ``complete`` with
-``FailedTGAllocs``), without raft, workers or clients. It is a real ``grpc.server``
-on a free port, so the client's channel, deadlines and error mapping are exercised
-for real; no mock objects.
+Why a fake beside the real in-memory server (``inproc_server``): some of what the
+CLI shows cannot be produced on demand by the real server without client agents
+and time passing, and a test must see it in a known order:
 
-The toy scheduler places ``count`` allocations per group on ready nodes, checking
-datacenters, ``=``/``!=`` constraints on ``${attr.*}``, ``${meta.*}``,
-``${node.class}``, ``${node.datacenter}`` and memory/cpu capacity, and reports what
-failed the way Nomad's AllocMetric does. An evaluation stays ``pending`` for
-``pending_reads`` reads, so that a monitor sees the status change.
+* a rollout's progress and end (``DeploymentService`` is scripted: a test adds a
+  deployment with ``add_deployment`` or queues scripts for the deployments the
+  next registrations of a service job with an ``update`` block create,
+  ``queued_deployments``; each script is a list of :class:`DeploymentStep` applied
+  one per ``DeploymentService.Get`` read; ``Promote`` and ``Fail`` follow the real
+  server's rules);
+* a drain that advances one step each time the node's allocations are listed
+  (marked for migration, stopped, complete; then the drain ends);
+* what client agents report: task states and events, logs (``logs``,
+  ``follow_chunks``), restarts;
+* an evaluation that stays ``pending`` for ``pending_reads`` reads, as with no
+  scheduler running;
+* a cluster membership to taste (``state.members`` behind ``Status`` and the raft
+  peer calls).
 
-The operator calls are modelled too: ``Plan`` (a dry run of the toy scheduler with
-``corral.api.jobdiff`` for the diff), ``Validate``, ``Scale``, ``Revert``, alloc
-``Restart``, node eligibility and drain (a drain advances one step each time the
-node's allocations are listed: marked for migration, stopped, complete; then the
-drain ends), and the server membership (``state.members``) behind ``Status`` and the
-raft peer calls.
+Everything else (validation, constraints, plans, scaling, job stop) is the real
+server's business, and the CLI tests check it against the real server. The toy
+scheduler here only places ``count`` allocations per group on ready nodes with
+free memory and cpu, so that rollouts have allocations to count. Requests are
+recorded and errors injected by the same interceptor as on the real server
+(``log``: :class:`RequestLog`). :class:`FakeClock` is the other half of scripted
+timing: the CLI's monitors wait on it instead of the real clock.
 
-Deployments (``DeploymentService``) are scripted rather than simulated: a test adds
-one (``add_deployment``) or queues scripts for the deployments that the next
-registrations of a service job with an ``update`` block create
-(``queued_deployments``), each script being a list of :class:`DeploymentStep`
-applied one per ``DeploymentService.Get`` read, so that a CLI following a rollout
-sees its counters move and its end (success, failure, auto-revert) in a known
-order. ``Promote`` and ``Fail`` follow the real server's rules.
+The last section keeps what ``tests/unit/test_api_client.py`` alone still uses
+(the fake's validation, check-index, list endpoints...); it goes when that file
+moves to the real server too.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -41,15 +44,56 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import pytest
 
 from corral import structs
-from corral.api.jobdiff import format_job_diff, job_diff
+from corral.cli import monitor
 from corral.proto import pb, rpc
 from tests.support.env import free_port
+from tests.support.inproc_server import RequestLog
+from tests.support.inproc_server import sample_job as sample_job  # its old home
 
 
 def _now() -> int:
     return time.time_ns()
+
+
+class FakeClock:
+    """A monotonic clock that moves only when a monitor sleeps on it.
+
+    ``sleeps`` lists every wait asked for, so that a test checks the pacing (a poll
+    interval, a retry delay) without spending it.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(seconds, 0.0)
+
+
+def use_fake_clock(
+    monkeypatch: pytest.MonkeyPatch, *, eval_timeout: float = monitor.MONITOR_TIMEOUT
+) -> FakeClock:
+    """Make the CLI's commands follow evaluations and deployments on a fake clock.
+
+    The commands call the monitors through ``corral.cli.monitor`` with the real
+    clock by default; this binds a :class:`FakeClock` (and ``eval_timeout``) into
+    those entry points for the test's duration.
+    """
+    clock = FakeClock()
+    timing = {"clock": clock.monotonic, "sleep": clock.sleep}
+    for name in ("follow_deployment", "monitor_job_deployment", "monitor_deployment"):
+        monkeypatch.setattr(monitor, name, functools.partial(getattr(monitor, name), **timing))
+    for name in ("monitor_eval", "monitor_register"):
+        entry = functools.partial(getattr(monitor, name), timeout=eval_timeout, **timing)
+        monkeypatch.setattr(monitor, name, entry)
+    return clock
 
 
 @dataclass
@@ -86,25 +130,21 @@ class FakeState:
         # Evals stay pending for this many EvalService.Get calls.
         self.pending_reads = 1
         self._reads: dict[str, int] = {}
-        # ClientStatus given to new allocations.
-        self.new_alloc_client_status = structs.ALLOC_CLIENT_RUNNING
-        self.requests: list[tuple[str, Any]] = []
-        # Method name -> (code, details) answered instead of the method's result.
-        self.inject_errors: dict[str, tuple[grpc.StatusCode, str]] = {}
         # The servers (Status, raft peers); FakeServer puts itself here.
         self.members: list[pb.ServerMember] = []
         # A draining node's allocations move one step per listing when True.
         self.drain_progress = True
         # (alloc id, task) of every AllocService.Restart.
         self.restarts: list[tuple[str, str]] = []
-        # Warnings answered by Validate.
-        self.validate_warnings = ""
         # Deployments by ID, and the steps still to apply to each (one per Get).
         self.deployments: dict[str, pb.Deployment] = {}
         self.deployment_steps: dict[str, list[DeploymentStep]] = {}
         # Scripts of the deployments the next registrations create, oldest first; a
         # service job with an update block gets a deployment only if one is queued.
         self.queued_deployments: list[list[DeploymentStep]] = []
+        # FakeServer points these at its RequestLog's (test_api_client.py's names).
+        self.requests: list[tuple[str, Any]] = []
+        self.inject_errors: dict[str, tuple[grpc.StatusCode, str]] = {}
 
     def next_index(self) -> int:
         self.index += 1
@@ -113,76 +153,40 @@ class FakeState:
     # ---------------------------------------------------------------- helpers
 
     def add_node(
-        self,
-        name: str,
-        *,
-        node_id: str | None = None,
-        datacenter: str = "dc1",
-        node_class: str = "",
-        cpu: int = 4000,
-        memory_mb: int = 4096,
-        attributes: dict[str, str] | None = None,
-        status: str = structs.NODE_STATUS_READY,
+        self, name: str, *, cpu: int = 4000, memory_mb: int = 4096, node_id: str = ""
     ) -> pb.Node:
+        """A ready node with the mock and docker drivers."""
         with self.lock:
             idx = self.next_index()
             node = pb.Node(
                 id=node_id or str(uuid.uuid4()),
                 secret_id=str(uuid.uuid4()),
                 name=name,
-                datacenter=datacenter,
-                node_class=node_class,
+                datacenter="dc1",
                 http_addr="127.0.0.1:4646",
-                rpc_addr="127.0.0.1:0",
-                attributes={
-                    "kernel.name": "linux",
-                    "cpu.arch": "amd64",
-                    "unique.hostname": name,
-                    "unique.network.ip-address": "127.0.0.1",
-                    **(attributes or {}),
-                },
-                status=status,
+                attributes={"kernel.name": "linux", "unique.hostname": name},
+                status=structs.NODE_STATUS_READY,
                 status_updated_at=_now(),
                 scheduling_eligibility=structs.NODE_ELIGIBLE,
                 create_index=idx,
                 modify_index=idx,
             )
-            node.drivers["docker"].CopyFrom(
-                pb.DriverInfo(detected=True, healthy=True, health_description="Healthy")
-            )
-            node.drivers["mock"].CopyFrom(
-                pb.DriverInfo(detected=True, healthy=True, health_description="Healthy")
-            )
+            for driver in ("docker", "mock"):
+                node.drivers[driver].CopyFrom(
+                    pb.DriverInfo(detected=True, healthy=True, health_description="Healthy")
+                )
             node.node_resources.cpu.cpu_shares = cpu
-            node.node_resources.cpu.total_cpu_cores = 4
             node.node_resources.memory.memory_mb = memory_mb
-            node.node_resources.min_dynamic_port = structs.MIN_DYNAMIC_PORT
-            node.node_resources.max_dynamic_port = structs.MAX_DYNAMIC_PORT
             self.nodes[node.id] = node
             return node
 
-    def register(
-        self,
-        job: pb.Job,
-        *,
-        enforce: bool = False,
-        index: int = 0,
-        trigger: str = structs.TRIGGER_JOB_REGISTER,
-    ) -> pb.Evaluation:
+    def register(self, job: pb.Job, *, enforce: bool = False, index: int = 0) -> pb.Evaluation:
+        """Store a new version of ``job`` and a pending evaluation for it. Its checks
+        (``check_job``, ``enforce``) serve test_api_client.py only."""
         with self.lock:
-            problems = validate(job)
-            if problems:
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "\n".join(problems))
             versions = self.jobs.get(job.id, [])
             current = versions[-1] if versions else None
-            if enforce:
-                have = current.job_modify_index if current is not None else 0
-                if have != index:
-                    raise _Abort(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        f"enforcing job modify index {index}: job exists with conflicting "
-                        f"job modify index: {have}",
-                    )
+            check_job(job, current, enforce, index)
             idx = self.next_index()
             stored = pb.Job()
             stored.CopyFrom(job)
@@ -195,7 +199,7 @@ class FakeState:
             stored.modify_index = idx
             stored.job_modify_index = idx
             self.jobs[job.id] = [*versions, stored][-structs.JOB_TRACKED_VERSIONS :]
-            return self._new_eval(stored, trigger, idx)
+            return self._new_eval(stored, structs.TRIGGER_JOB_REGISTER, idx)
 
     def _new_eval(self, job: pb.Job, trigger: str, idx: int) -> pb.Evaluation:
         ev = pb.Evaluation(
@@ -232,71 +236,51 @@ class FakeState:
         return self.evals[ev.id]
 
     def process(self, eval_id: str) -> None:
-        """Run the toy scheduler for one evaluation."""
+        """Run the toy scheduler for one evaluation: ``count`` allocations per group,
+        each on the ready node with the most free memory."""
         with self.lock:
             ev = self.evals[eval_id]
             if ev.status != structs.EVAL_STATUS_PENDING:
                 return
-            job = self.jobs.get(ev.job_id, [None])[-1] if ev.job_id in self.jobs else None
+            job = self.job(ev.job_id)
             idx = self.next_index()
             live = [
                 a
                 for a in self.allocs.values()
                 if a.job_id == ev.job_id and not structs.is_alloc_terminal(a)
             ]
-            if job is None or job.stop:
-                for a in live:
+            placed: dict[str, list[pb.Allocation]] = {}
+            for group in job.task_groups:
+                have = [a for a in live if a.task_group == group.name]
+                for a in have[group.count :]:
                     self._stop(a, "alloc not needed due to job update", idx)
-                if job is not None:
-                    job.status = structs.JOB_STATUS_DEAD
-            else:
-                placed: dict[str, list[pb.Allocation]] = {}
-                for group in job.task_groups:
-                    have = [a for a in live if a.task_group == group.name]
-                    for a in have[group.count :]:
-                        self._stop(a, "alloc not needed due to job update", idx)
-                    used = {int(a.alloc_index) for a in have[: group.count]}
-                    missing = [i for i in range(group.count) if i not in used]
-                    failed = 0
-                    metric = pb.AllocMetric()
-                    placed[group.name] = []
-                    for i in missing:
-                        node = self._select(job, group, metric)
-                        if node is None:
-                            failed += 1
-                            continue
-                        placed[group.name].append(self._place(job, group, i, node, ev, idx))
-                    if failed:
-                        metric.coalesced_failures = failed - 1
-                        ev.failed_tg_allocs[group.name].CopyFrom(metric)
-                        ev.queued_allocations[group.name] = failed
-                    else:
-                        ev.queued_allocations[group.name] = 0
-                job.status = structs.JOB_STATUS_RUNNING
-                if (
-                    ev.triggered_by == structs.TRIGGER_JOB_REGISTER
-                    and self.queued_deployments
-                    and job.type == structs.JOB_TYPE_SERVICE
-                    and any(g.HasField("update") for g in job.task_groups)
-                ):
-                    d = self.add_deployment(job.id, steps=self.queued_deployments.pop(0))
-                    for name, allocs in placed.items():
-                        d.task_groups[name].placed_allocs = len(allocs)
-                        for a in allocs:
-                            a.deployment_id = d.id
+                used = {int(a.alloc_index) for a in have[: group.count]}
+                placed[group.name] = []
+                metric = pb.AllocMetric()
+                for i in (i for i in range(group.count) if i not in used):
+                    node = self._select(group, metric)
+                    if node is None:
+                        metric.coalesced_failures += 1
+                        continue
+                    placed[group.name].append(self._place(job, group, i, node, ev, idx))
+                if metric.coalesced_failures:
+                    metric.coalesced_failures -= 1
+                    ev.failed_tg_allocs[group.name].CopyFrom(metric)
+            job.status = structs.JOB_STATUS_RUNNING
+            if (
+                ev.triggered_by == structs.TRIGGER_JOB_REGISTER
+                and self.queued_deployments
+                and job.type == structs.JOB_TYPE_SERVICE
+                and any(g.HasField("update") for g in job.task_groups)
+            ):
+                d = self.add_deployment(job.id, steps=self.queued_deployments.pop(0))
+                for name, allocs in placed.items():
+                    d.task_groups[name].placed_allocs = len(allocs)
+                    for a in allocs:
+                        a.deployment_id = d.id
             ev.status = structs.EVAL_STATUS_COMPLETE
             ev.modify_index = idx
             ev.modify_time = _now()
-            if ev.failed_tg_allocs:
-                blocked = pb.Evaluation()
-                blocked.CopyFrom(ev)
-                blocked.id = str(uuid.uuid4())
-                blocked.status = structs.EVAL_STATUS_BLOCKED
-                blocked.triggered_by = structs.TRIGGER_QUEUED_ALLOCS
-                blocked.previous_eval = ev.id
-                blocked.ClearField("failed_tg_allocs")
-                self.evals[blocked.id] = blocked
-                ev.blocked_eval = blocked.id
 
     def _stop(self, alloc: pb.Allocation, why: str, idx: int) -> None:
         alloc.desired_status = structs.ALLOC_DESIRED_STOP
@@ -305,51 +289,31 @@ class FakeState:
         alloc.modify_index = idx
         alloc.modify_time = _now()
 
-    def _select(self, job: pb.Job, group: pb.TaskGroup, metric: pb.AllocMetric) -> pb.Node | None:
-        """Pick the feasible node with the most free memory, filling ``metric``."""
-        nodes = [n for n in self.nodes.values() if n.status == structs.NODE_STATUS_READY]
-        metric.nodes_evaluated = 0
-        metric.nodes_filtered = 0
-        metric.nodes_exhausted = 0
-        metric.ClearField("constraint_filtered")
-        metric.ClearField("dimension_exhausted")
-        dcs = list(job.datacenters)
-        for dc in sorted({n.datacenter for n in nodes}):
-            if "*" in dcs or dc in dcs:
-                metric.nodes_available[dc] = len([n for n in nodes if n.datacenter == dc])
+    def _select(self, group: pb.TaskGroup, metric: pb.AllocMetric) -> pb.Node | None:
+        """The ready node with the most free memory that fits the group, filling
+        ``metric`` with the nodes that did not."""
         want_cpu = sum(t.resources.cpu for t in group.tasks)
         want_mem = sum(t.resources.memory_mb for t in group.tasks)
         best: tuple[int, pb.Node] | None = None
-        constraints = [*job.constraints, *group.constraints]
-        for task in group.tasks:
-            constraints.extend(task.constraints)
-        for node in sorted(nodes, key=lambda n: n.name):
-            if "*" not in dcs and node.datacenter not in dcs:
+        metric.nodes_evaluated = metric.nodes_exhausted = 0
+        metric.ClearField("dimension_exhausted")
+        for node in sorted(self.nodes.values(), key=lambda n: n.name):
+            if node.status != structs.NODE_STATUS_READY:
                 continue
             metric.nodes_evaluated += 1
-            bad = next((c for c in constraints if not _satisfies(node, c)), None)
-            if bad is not None:
-                key = f"{bad.l_target} {bad.operand or '='} {bad.r_target}"
-                metric.constraint_filtered[key] += 1
-                metric.nodes_filtered += 1
-                continue
-            used_cpu = used_mem = 0
-            for a in self.allocs.values():
-                if a.node_id == node.id and not structs.is_alloc_terminal(a):
-                    for tr in a.allocated_resources.tasks.values():
-                        used_cpu += tr.cpu.cpu_shares
-                        used_mem += tr.memory.memory_mb
-            free_cpu = node.node_resources.cpu.cpu_shares - used_cpu
-            free_mem = node.node_resources.memory.memory_mb - used_mem
-            if free_mem < want_mem:
+            held = [
+                tr
+                for a in self.allocs.values()
+                if a.node_id == node.id and not structs.is_alloc_terminal(a)
+                for tr in a.allocated_resources.tasks.values()
+            ]
+            free_cpu = node.node_resources.cpu.cpu_shares - sum(t.cpu.cpu_shares for t in held)
+            free_mem = node.node_resources.memory.memory_mb - sum(t.memory.memory_mb for t in held)
+            short = "memory" if free_mem < want_mem else "cpu" if free_cpu < want_cpu else ""
+            if short:
                 metric.nodes_exhausted += 1
-                metric.dimension_exhausted["memory"] += 1
-                continue
-            if free_cpu < want_cpu:
-                metric.nodes_exhausted += 1
-                metric.dimension_exhausted["cpu"] += 1
-                continue
-            if best is None or free_mem > best[0]:
+                metric.dimension_exhausted[short] += 1
+            elif best is None or free_mem > best[0]:
                 best = (free_mem, node)
         return best[1] if best else None
 
@@ -374,7 +338,7 @@ class FakeState:
             job_version=job.version,
             task_group=group.name,
             desired_status=structs.ALLOC_DESIRED_RUN,
-            client_status=self.new_alloc_client_status,
+            client_status=structs.ALLOC_CLIENT_RUNNING,
             client_description="Tasks are running",
             create_index=idx,
             modify_index=idx,
@@ -385,10 +349,6 @@ class FakeState:
         )
         next_port = structs.MIN_DYNAMIC_PORT + len(self.allocs) * 10
         for net in group.networks:
-            for port in net.reserved_ports:
-                alloc.allocated_resources.shared.ports.add(
-                    label=port.label, value=port.value, to=port.to, host_ip="127.0.0.1"
-                )
             for port in net.dynamic_ports:
                 alloc.allocated_resources.shared.ports.add(
                     label=port.label, value=next_port, to=port.to, host_ip="127.0.0.1"
@@ -402,96 +362,17 @@ class FakeState:
             state.state = structs.TASK_STATE_RUNNING
             state.started_at = now
             state.events.add(
-                type=structs.EVENT_RECEIVED, time=now, display_message="Task received by client"
-            )
-            state.events.add(
-                type=structs.EVENT_SETUP,
-                time=now,
-                message="Building Task Directory",
-                display_message="Building Task Directory",
-            )
-            state.events.add(
                 type=structs.EVENT_STARTED, time=now, display_message="Task started by client"
             )
         self.allocs[alloc.id] = alloc
         return alloc
 
-    # ---------------------------------------------------------------- operator verbs
-
-    def plan(self, job: pb.Job) -> pb.JobPlanResponse:
-        """What registering ``job`` would do, without doing it."""
-        with self.lock:
-            new = pb.Job()
-            new.CopyFrom(job)
-            structs.canonicalize(new)
-            problems = validate(new)
-            if problems:
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "\n".join(problems))
-            versions = self.jobs.get(job.id, [])
-            current = versions[-1] if versions else None
-            diff = job_diff(current, new)
-            resp = pb.JobPlanResponse(
-                diff="\n".join(format_job_diff(diff)) if current is not None else "",
-                changed=diff.changed,
-                job_modify_index=current.job_modify_index if current is not None else 0,
-            )
-            live = [
-                a
-                for a in self.allocs.values()
-                if a.job_id == job.id and not structs.is_alloc_terminal(a)
-            ]
-            old_groups = {g.name: g for g in current.task_groups} if current is not None else {}
-            for group in new.task_groups:
-                have = [a for a in live if a.task_group == group.name]
-                ann = resp.annotations[group.name]
-                keep = min(len(have), group.count)
-                ann.place = group.count - keep
-                ann.stop = len(have) - keep
-                old = old_groups.get(group.name)
-                if keep and old is not None and _without_count(old) != _without_count(group):
-                    ann.destructive_update = keep
-                else:
-                    ann.ignore = keep
-                if ann.place:
-                    metric = pb.AllocMetric()
-                    if self._select(new, group, metric) is None:
-                        metric.coalesced_failures = ann.place - 1
-                        resp.failed_tg_allocs[group.name].CopyFrom(metric)
-            for name in old_groups:
-                if name not in resp.annotations:
-                    gone = [a for a in live if a.task_group == name]
-                    if gone:
-                        resp.annotations[name].stop = len(gone)
-            return resp
-
-    def scale(self, job_id: str, group: str, count: int) -> pb.Evaluation:
-        with self.lock:
-            job = pb.Job()
-            job.CopyFrom(self.job(job_id))
-            target = structs.group_by_name(job, group)
-            if target is None:
-                raise _Abort(
-                    grpc.StatusCode.NOT_FOUND, f'job "{job_id}" has no task group "{group}"'
-                )
-            if count < 0:
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "count must be >= 0")
-            target.count = count
-            return self.register(job, trigger=structs.TRIGGER_SCALING)
+    # ---------------------------------------------------------------- drains
 
     def revert(self, job_id: str, version: int) -> pb.Evaluation:
+        """Register ``version`` of the job again (an auto-revert)."""
         with self.lock:
-            current = self.job(job_id)
-            if current.version == version:
-                raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "can't revert to current version")
-            match = next((v for v in self.jobs[job_id] if v.version == version), None)
-            if match is None:
-                raise _Abort(
-                    grpc.StatusCode.NOT_FOUND, f'job "{job_id}" at version {version} not found'
-                )
-            job = pb.Job()
-            job.CopyFrom(match)
-            job.stop = False
-            return self.register(job)
+            return self.register(next(v for v in self.jobs[job_id] if v.version == version))
 
     def set_drain(self, request: pb.NodeDrainRequest) -> int:
         with self.lock:
@@ -553,13 +434,12 @@ class FakeState:
         self,
         job_id: str,
         *,
-        version: int | None = None,
         groups: dict[str, dict[str, Any]] | None = None,
         status: str = "running",
         description: str = "Deployment is running",
         steps: list[DeploymentStep] | tuple[DeploymentStep, ...] = (),
     ) -> pb.Deployment:
-        """A deployment of ``job_id`` (its current version unless ``version``).
+        """A deployment of ``job_id``'s current version.
 
         Each group starts from the job's group (desired = count, the update block's
         auto_revert, auto_promote, canary and progress deadline), then ``groups``
@@ -567,8 +447,6 @@ class FakeState:
         """
         with self.lock:
             job = self.job(job_id)
-            if version is not None:
-                job = next(v for v in self.jobs[job_id] if v.version == version)
             idx = self.next_index()
             d = pb.Deployment(
                 id=str(uuid.uuid4()),
@@ -631,11 +509,6 @@ class FakeState:
     ) -> pb.DeploymentWriteResponse:
         with self.lock:
             d = _prefix_lookup(self.deployments, deployment_id, "deployment")
-            if d.status != "running":
-                raise _Abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"deployment {d.id[:8]} is {d.status}: only running ones promote",
-                )
             if not any(g.desired_canaries for g in d.task_groups.values()):
                 raise _Abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -687,17 +560,6 @@ class FakeState:
                 eval_id=ev.id, index=idx, reverted_job_version=reverted
             )
 
-    def deregister(self, job_id: str, purge: bool) -> pb.Evaluation:
-        with self.lock:
-            job = self.job(job_id)
-            idx = self.next_index()
-            job.stop = True
-            job.modify_index = idx
-            ev = self._new_eval(job, structs.TRIGGER_JOB_DEREGISTER, idx)
-            if purge:
-                del self.jobs[job_id]
-            return ev
-
 
 class _Abort(Exception):
     """An error to answer with a gRPC status (raised inside the state's methods)."""
@@ -717,62 +579,13 @@ def _set_fields(state: pb.DeploymentState, values: dict[str, Any]) -> None:
             setattr(state, key, value)
 
 
-def _without_count(group: pb.TaskGroup) -> bytes:
-    copy = pb.TaskGroup()
-    copy.CopyFrom(group)
-    copy.count = 0
-    data: bytes = copy.SerializeToString(deterministic=True)
-    return data
-
-
-def validate(job: pb.Job) -> list[str]:
-    """A few of the server's validation rules, each problem on its own line."""
-    problems: list[str] = []
-    if not job.id:
-        problems.append("Missing job ID")
-    elif " " in job.id:
-        problems.append("Job ID contains a space")
-    if job.type and job.type not in structs.JOB_TYPES:
-        problems.append(f'Invalid job type "{job.type}"')
-    if not job.task_groups:
-        problems.append("Missing job task groups")
-    for group in job.task_groups:
-        if group.count < 0:
-            problems.append(f'Task group "{group.name}": count must be >= 0')
-        if not group.tasks:
-            problems.append(f'Task group "{group.name}": missing tasks')
-    return problems
-
-
-def _resolve_target(node: pb.Node, target: str) -> str | None:
-    if not (target.startswith("${") and target.endswith("}")):
-        return target
-    name = target[2:-1]
-    if name.startswith("attr."):
-        return node.attributes.get(name[5:])
-    if name.startswith("meta."):
-        return node.meta.get(name[5:])
-    return {
-        "node.class": node.node_class,
-        "node.datacenter": node.datacenter,
-        "node.unique.name": node.name,
-        "node.unique.id": node.id,
-    }.get(name)
-
-
-def _satisfies(node: pb.Node, c: pb.Constraint) -> bool:
-    left = _resolve_target(node, c.l_target)
-    right = _resolve_target(node, c.r_target)
-    op = c.operand or "="
-    if op in ("=", "==", "is"):
-        return left is not None and left == right
-    if op in ("!=", "not"):
-        return left != right
-    return True
-
-
 def _prefix_lookup(table: dict[str, Any], key: str, kind: str) -> Any:
-    """Nomad's prefix semantics: exact, else unique prefix, else a clear error."""
+    """Nomad's prefix semantics: exact, else unique prefix, else a clear error.
+
+    The wording is the fake's own, not the real server's (``no allocation with ID
+    prefix 'ffff'``, ``prefix 'ab' matched 2 allocations: ...``): test_api_client.py
+    asserts it; the CLI prints either unchanged.
+    """
     if key in table:
         return table[key]
     matches = sorted(k for k in table if k.startswith(key)) if key else []
@@ -788,19 +601,15 @@ def _prefix_lookup(table: dict[str, Any], key: str, kind: str) -> Any:
 
 
 def _handles(fn: Any) -> Any:
-    """Turn ``_Abort`` into the gRPC status, and record the request for assertions."""
+    """Answer an ``_Abort`` raised by the tables with its gRPC status."""
 
+    @functools.wraps(fn)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        self.state.requests.append((fn.__name__, request))
-        injected = self.state.inject_errors.get(fn.__name__)
-        if injected is not None:
-            context.abort(*injected)
         try:
             return fn(self, request, context)
         except _Abort as err:
             context.abort(err.code, err.details)
 
-    wrapper.__name__ = fn.__name__
     return wrapper
 
 
@@ -822,39 +631,6 @@ class _Jobs(rpc.JobServiceServicer):
         )
 
     @_handles
-    def Deregister(
-        self, request: pb.JobDeregisterRequest, context: Any
-    ) -> pb.JobDeregisterResponse:
-        ev = self.state.deregister(request.job_id, request.purge)
-        return pb.JobDeregisterResponse(eval_id=ev.id, index=self.state.index)
-
-    @_handles
-    def List(self, request: pb.JobListRequest, context: Any) -> pb.JobListResponse:
-        with self.state.lock:
-            resp = pb.JobListResponse()
-            for job_id in sorted(self.state.jobs):
-                if not job_id.startswith(request.prefix):
-                    continue
-                job = self.state.jobs[job_id][-1]
-                resp.jobs.add(
-                    id=job.id,
-                    name=job.name,
-                    namespace=job.namespace,
-                    type=job.type,
-                    priority=job.priority,
-                    status=job.status,
-                    stop=job.stop,
-                    version=job.version,
-                    submit_time=job.submit_time,
-                    create_index=job.create_index,
-                    modify_index=job.modify_index,
-                    job_modify_index=job.job_modify_index,
-                    datacenters=list(job.datacenters),
-                )
-            resp.meta.index = self.state.index
-            return resp
-
-    @_handles
     def Get(self, request: pb.JobGetRequest, context: Any) -> pb.JobGetResponse:
         with self.state.lock:
             return pb.JobGetResponse(job=self.state.job(request.job_id))
@@ -873,50 +649,6 @@ class _Jobs(rpc.JobServiceServicer):
         with self.state.lock:
             self.state.job(request.job_id)
             return pb.JobVersionsResponse(versions=reversed(self.state.jobs[request.job_id]))
-
-    @_handles
-    def Evaluations(self, request: pb.JobGetRequest, context: Any) -> pb.JobEvaluationsResponse:
-        with self.state.lock:
-            evals = [e for e in self.state.evals.values() if e.job_id == request.job_id]
-            if not evals:
-                self.state.job(request.job_id)
-            return pb.JobEvaluationsResponse(evals=evals)
-
-    @_handles
-    def Plan(self, request: pb.JobPlanRequest, context: Any) -> pb.JobPlanResponse:
-        return self.state.plan(request.job)
-
-    @_handles
-    def Validate(self, request: pb.JobValidateRequest, context: Any) -> pb.JobValidateResponse:
-        problems = validate(request.job)
-        return pb.JobValidateResponse(
-            validation_errors=problems,
-            error="\n".join(problems),
-            warnings=self.state.validate_warnings,
-            driver_config_validated=True,
-        )
-
-    @_handles
-    def Scale(self, request: pb.JobScaleRequest, context: Any) -> pb.JobRegisterResponse:
-        ev = self.state.scale(request.job_id, request.group, request.count)
-        job = self.state.job(request.job_id)
-        return pb.JobRegisterResponse(
-            eval_id=ev.id,
-            eval_create_index=ev.create_index,
-            job_modify_index=job.job_modify_index,
-            index=self.state.index,
-        )
-
-    @_handles
-    def Revert(self, request: pb.JobRevertRequest, context: Any) -> pb.JobRegisterResponse:
-        ev = self.state.revert(request.job_id, request.version)
-        job = self.state.job(request.job_id)
-        return pb.JobRegisterResponse(
-            eval_id=ev.id,
-            eval_create_index=ev.create_index,
-            job_modify_index=job.job_modify_index,
-            index=self.state.index,
-        )
 
 
 class _Allocs(rpc.AllocServiceServicer):
@@ -942,16 +674,6 @@ class _Allocs(rpc.AllocServiceServicer):
     def Restart(self, request: pb.AllocRestartRequest, context: Any) -> pb.AllocRestartResponse:
         with self.state.lock:
             alloc = _prefix_lookup(self.state.allocs, request.alloc_id, "allocation")
-            if structs.is_alloc_terminal(alloc):
-                raise _Abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"allocation {alloc.id[:8]} is not running",
-                )
-            if request.task and request.task not in alloc.task_states:
-                raise _Abort(
-                    grpc.StatusCode.NOT_FOUND,
-                    f'task "{request.task}" not found in allocation {alloc.id[:8]}',
-                )
             idx = self.state.next_index()
             for name in [request.task] if request.task else sorted(alloc.task_states):
                 state = alloc.task_states[name]
@@ -971,29 +693,14 @@ class _Allocs(rpc.AllocServiceServicer):
             alloc = _prefix_lookup(self.state.allocs, request.alloc_id, "allocation")
             return pb.AllocGetResponse(alloc=alloc)
 
-    @_handles
-    def Stop(self, request: pb.AllocStopRequest, context: Any) -> pb.AllocStopResponse:
-        with self.state.lock:
-            alloc = _prefix_lookup(self.state.allocs, request.alloc_id, "allocation")
-            idx = self.state.next_index()
-            alloc.desired_transition.migrate = True
-            job = self.state.job(alloc.job_id)
-            self.state._stop(alloc, "alloc was stopped by the operator", idx)
-            ev = self.state._new_eval(job, structs.TRIGGER_ALLOC_STOP, idx)
-            return pb.AllocStopResponse(eval_id=ev.id, index=idx)
-
     def Logs(
         self, request: pb.AllocLogsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.LogChunk]:
-        self.state.requests.append(("Logs", request))
         try:
             with self.state.lock:
                 alloc = _prefix_lookup(self.state.allocs, request.alloc_id, "allocation")
                 if request.task not in alloc.task_states:
-                    raise _Abort(
-                        grpc.StatusCode.NOT_FOUND,
-                        f'task "{request.task}" not found in allocation {alloc.id[:8]}',
-                    )
+                    raise _Abort(grpc.StatusCode.NOT_FOUND, f'task "{request.task}" not found')
                 key = (alloc.id, request.task, request.type or "stdout")
                 data = self.state.logs.get(key, b"")
                 more = list(self.state.follow_chunks.get(key, []))
@@ -1023,33 +730,10 @@ class _Evals(rpc.EvalServiceServicer):
             ev = _prefix_lookup(self.state.evals, request.eval_id, "evaluation")
             return pb.EvalGetResponse(eval=self.state.read_eval(ev))
 
-    @_handles
-    def List(self, request: pb.EvalListRequest, context: Any) -> pb.EvalListResponse:
-        with self.state.lock:
-            evals = [
-                e
-                for e in self.state.evals.values()
-                if e.id.startswith(request.prefix)
-                and (not request.job_id or e.job_id == request.job_id)
-            ]
-            return pb.EvalListResponse(evals=evals)
-
 
 class _Nodes(rpc.NodeServiceServicer):
     def __init__(self, state: FakeState) -> None:
         self.state = state
-
-    @_handles
-    def List(self, request: pb.NodeListRequest, context: Any) -> pb.NodeListResponse:
-        with self.state.lock:
-            nodes = []
-            for n in sorted(self.state.nodes.values(), key=lambda n: n.name):
-                if n.id.startswith(request.prefix):
-                    stub = pb.Node()
-                    stub.CopyFrom(n)
-                    stub.ClearField("secret_id")
-                    nodes.append(stub)
-            return pb.NodeListResponse(nodes=nodes)
 
     @_handles
     def Get(self, request: pb.NodeGetRequest, context: Any) -> pb.NodeGetResponse:
@@ -1125,9 +809,8 @@ def _copy_deployment(d: pb.Deployment) -> pb.Deployment:
 
 
 class _Status(rpc.StatusServiceServicer):
-    def __init__(self, state: FakeState, address: str) -> None:
+    def __init__(self, state: FakeState) -> None:
         self.state = state
-        self.address = address
 
     @_handles
     def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
@@ -1164,13 +847,6 @@ class _Operator(rpc.OperatorServiceServicer):
     def RaftAddPeer(self, request: pb.RaftPeerRequest, context: Any) -> pb.WriteResponse:
         with self.state.lock:
             address = request.address
-            if ":" not in address:
-                raise _Abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"address {address!r} must be host:port of a raft peer",
-                )
-            if any(m.raft_address == address for m in self.state.members):
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"{address} is already a peer")
             self.state.members.append(
                 pb.ServerMember(
                     id=address,
@@ -1202,10 +878,15 @@ class _Operator(rpc.OperatorServiceServicer):
 
 
 class FakeServer:
-    """A running fake: ``address`` to dial, ``state`` to arrange and inspect."""
+    """A running fake: ``address`` to dial, ``state`` to arrange and inspect,
+    ``log`` for the requests it got and the errors it should answer."""
 
     def __init__(self) -> None:
         self.state = FakeState()
+        self.log = RequestLog()
+        # The names test_api_client.py uses (the same list and dict as ``log``'s).
+        self.state.requests = self.log.requests
+        self.state.inject_errors = self.log.inject_errors
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.state.members.append(
@@ -1222,12 +903,14 @@ class FakeServer:
                 last_index=1,
             )
         )
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-        rpc.add_JobServiceServicer_to_server(_Jobs(self.state), self._server)
-        rpc.add_AllocServiceServicer_to_server(_Allocs(self.state), self._server)
-        rpc.add_EvalServiceServicer_to_server(_Evals(self.state), self._server)
-        rpc.add_NodeServiceServicer_to_server(_Nodes(self.state), self._server)
-        rpc.add_StatusServiceServicer_to_server(_Status(self.state, self.address), self._server)
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=16), interceptors=[self.log]
+        )
+        rpc.add_JobServiceServicer_to_server(_ClientJobs(self.state), self._server)
+        rpc.add_AllocServiceServicer_to_server(_ClientAllocs(self.state), self._server)
+        rpc.add_EvalServiceServicer_to_server(_ClientEvals(self.state), self._server)
+        rpc.add_NodeServiceServicer_to_server(_ClientNodes(self.state), self._server)
+        rpc.add_StatusServiceServicer_to_server(_Status(self.state), self._server)
         rpc.add_OperatorServiceServicer_to_server(_Operator(self.state), self._server)
         rpc.add_DeploymentServiceServicer_to_server(_Deployments(self.state), self._server)
         self._server.add_insecure_port(self.address)
@@ -1252,23 +935,88 @@ class FakeServer:
         return self.state.evals[ev.id]
 
 
-def sample_job(
-    job_id: str = "hello",
-    *,
-    count: int = 1,
-    memory_mb: int = 256,
-    tasks: tuple[str, ...] = ("server",),
-    group: str = "web",
-    constraints: tuple[tuple[str, str, str], ...] = (),
-) -> pb.Job:
-    """A small service job with one group, a dynamic "http" port and mock tasks."""
-    job = pb.Job(id=job_id, name=job_id, type="service", datacenters=["dc1"])
-    tg = job.task_groups.add(name=group, count=count)
-    tg.networks.add(mode="host").dynamic_ports.add(label="http", to=8080)
-    for name in tasks:
-        task = tg.tasks.add(name=name, driver="mock")
-        task.resources.cpu = 100
-        task.resources.memory_mb = memory_mb
-    for left, op, right in constraints:
-        job.constraints.add(l_target=left, operand=op, r_target=right)
-    return job
+# ---------------------------------------------------------------- for test_api_client.py
+#
+# What only tests/unit/test_api_client.py (CorralClient against a gRPC server, not a
+# CLI test) still uses: the fake's validation, check-index and wording, the list
+# endpoints, deregister and alloc stop. Once that file runs against
+# ``inproc_server.InProcServer`` (as the CLI tests do), this section goes, with
+# ``register``'s checks, ``add_node(node_id=)`` and ``state.requests``/``inject_errors``.
+
+
+def check_job(job: pb.Job, current: pb.Job | None, enforce: bool, index: int) -> None:
+    """A few of the server's validation rules, in the fake's wording, and
+    ``--check-index`` (FAILED_PRECONDITION here; the real server says
+    INVALID_ARGUMENT)."""
+    problems: list[str] = []
+    if not job.id:
+        problems.append("Missing job ID")
+    elif " " in job.id:
+        problems.append("Job ID contains a space")
+    if not job.task_groups:
+        problems.append("Missing job task groups")
+    if problems:
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "\n".join(problems))
+    have = current.job_modify_index if current is not None else 0
+    if enforce and have != index:
+        raise _Abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"enforcing job modify index {index}: job exists with conflicting job modify "
+            f"index: {have}",
+        )
+
+
+class _ClientJobs(_Jobs):
+    @_handles
+    def List(self, request: pb.JobListRequest, context: Any) -> pb.JobListResponse:
+        with self.state.lock:
+            jobs = [
+                v[-1] for k, v in sorted(self.state.jobs.items()) if k.startswith(request.prefix)
+            ]
+            return pb.JobListResponse(
+                jobs=[pb.JobListStub(id=j.id, name=j.name, type=j.type) for j in jobs]
+            )
+
+    @_handles
+    def Evaluations(self, request: pb.JobGetRequest, context: Any) -> pb.JobEvaluationsResponse:
+        with self.state.lock:
+            evals = [e for e in self.state.evals.values() if e.job_id == request.job_id]
+            return pb.JobEvaluationsResponse(evals=evals)
+
+    @_handles
+    def Deregister(
+        self, request: pb.JobDeregisterRequest, context: Any
+    ) -> pb.JobDeregisterResponse:
+        with self.state.lock:
+            job = self.state.job(request.job_id)
+            ev = self.state._new_eval(job, structs.TRIGGER_JOB_DEREGISTER, self.state.next_index())
+            if request.purge:
+                del self.state.jobs[request.job_id]
+            return pb.JobDeregisterResponse(eval_id=ev.id, index=self.state.index)
+
+
+class _ClientAllocs(_Allocs):
+    @_handles
+    def Stop(self, request: pb.AllocStopRequest, context: Any) -> pb.AllocStopResponse:
+        with self.state.lock:
+            alloc = _prefix_lookup(self.state.allocs, request.alloc_id, "allocation")
+            idx = self.state.next_index()
+            self.state._stop(alloc, "alloc was stopped by the operator", idx)
+            ev = self.state._new_eval(self.state.job(alloc.job_id), structs.TRIGGER_ALLOC_STOP, idx)
+            return pb.AllocStopResponse(eval_id=ev.id, index=idx)
+
+
+class _ClientEvals(_Evals):
+    @_handles
+    def List(self, request: pb.EvalListRequest, context: Any) -> pb.EvalListResponse:
+        with self.state.lock:
+            evals = [e for e in self.state.evals.values() if e.job_id == request.job_id]
+            return pb.EvalListResponse(evals=evals)
+
+
+class _ClientNodes(_Nodes):
+    @_handles
+    def List(self, request: pb.NodeListRequest, context: Any) -> pb.NodeListResponse:
+        with self.state.lock:
+            nodes = sorted(self.state.nodes.values(), key=lambda n: n.name)
+            return pb.NodeListResponse(nodes=[n for n in nodes if n.id.startswith(request.prefix)])

@@ -1,8 +1,14 @@
-"""The ``corral`` CLI against the in-process fake server over real gRPC.
+"""The ``corral`` CLI against the real server, in memory, over real gRPC.
 
 What a user relies on: Nomad-shaped output, ``--json`` in Nomad's API shapes, exit
 codes (0 ok, 1 error, 2 placement failure) and one ``Error: ...`` line instead of a
 traceback whenever something goes wrong.
+
+The server is the real one (``tests.support.inproc_server``), so the answers are
+corral's own: validation messages, placement metrics, job status. The scripted
+fake (``tests.support.fake_server``) serves only what a script must: an evaluation
+that never finishes, followed with a fake clock. The alloc verbs, which need a
+client agent, are in ``test_cli_alloc.py``; ``corral agent`` in ``test_cli_agent.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ import json
 import re
 import subprocess
 import sys
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,33 +25,37 @@ import pytest
 from click.testing import CliRunner, Result
 
 import corral.jobspec
-from corral.agentconfig import AgentConfig
+from corral import structs
 from corral.api.jsonmap import from_json, to_json
-from corral.cli import monitor
 from corral.cli.main import cli
 from corral.proto import pb
-from tests.support.cluster import CLUSTER_KEY as KEY
 from tests.support.env import free_port
-from tests.support.fake_server import FakeServer, sample_job
+from tests.support.fake_server import FakeServer, use_fake_clock
+from tests.support.inproc_server import InProcServer, sample_job
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeServer]:
-    with FakeServer() as server:
+def srv() -> Iterator[InProcServer]:
+    with InProcServer() as server:
         yield server
 
 
-@pytest.fixture
-def run(fake: FakeServer) -> Any:
-    """Invoke ``corral --address <fake> ARGS...``."""
+def invoker(address: str) -> Any:
+    """Invoke ``corral --address ADDRESS ARGS...``."""
     runner = CliRunner()
 
     def invoke(*args: str, input: str | None = None) -> Result:
-        return runner.invoke(cli, ["--address", fake.address, *args], input=input)
+        return runner.invoke(cli, ["--address", address, *args], input=input)
 
     return invoke
+
+
+@pytest.fixture
+def run(srv: InProcServer) -> Any:
+    """Invoke ``corral --address <in-memory server> ARGS...``."""
+    return invoker(srv.address)
 
 
 @pytest.fixture
@@ -85,15 +94,14 @@ def lines(text: str) -> list[str]:
 
 
 @pytest.mark.usefixtures("parse_json_jobs")
-def test_job_run_monitors_until_complete(fake: FakeServer, run: Any, tmp_path: Path) -> None:
-    node = fake.state.add_node("node-a")
-    fake.state.pending_reads = 2  # the monitor sees "pending" first
+def test_job_run_monitors_until_complete(srv: InProcServer, run: Any, tmp_path: Path) -> None:
+    node = srv.add_node("node-a")
     result = run("job", "run", write_job(tmp_path, sample_job("hello", count=2)))
     assert result.exit_code == 0, result.output
     out = lines(result.stdout)
-    ev_id = next(iter(fake.state.evals))
-    allocs = sorted(fake.state.allocs.values(), key=lambda a: a.alloc_index)
-    assert re.fullmatch(rf'==> {STAMP}: Monitoring evaluation "{ev_id[:8]}"', out[0])
+    (ev,) = srv.evals("hello")
+    allocs = sorted(srv.allocs("hello"), key=lambda a: a.alloc_index)
+    assert re.fullmatch(rf'==> {STAMP}: Monitoring evaluation "{ev.id[:8]}"', out[0])
     assert re.fullmatch(rf'    {STAMP}: Evaluation triggered by job "hello"', out[1])
     for line, alloc in zip(out[2:4], allocs, strict=True):
         assert re.fullmatch(
@@ -103,28 +111,27 @@ def test_job_run_monitors_until_complete(fake: FakeServer, run: Any, tmp_path: P
         )
     assert re.fullmatch(rf'    {STAMP}: Evaluation status changed: "pending" -> "complete"', out[4])
     assert re.fullmatch(
-        rf'==> {STAMP}: Evaluation "{ev_id[:8]}" finished with status "complete"', out[5]
+        rf'==> {STAMP}: Evaluation "{ev.id[:8]}" finished with status "complete"', out[5]
     )
     assert len(out) == 6
     assert result.stderr == ""
 
 
 @pytest.mark.usefixtures("parse_json_jobs")
-def test_job_run_placement_failure_exits_2(fake: FakeServer, run: Any, tmp_path: Path) -> None:
-    fake.state.add_node("small-1", memory_mb=512)
-    fake.state.add_node("small-2", memory_mb=512)
-    fake.state.add_node("mac", attributes={"kernel.name": "darwin"})
+def test_job_run_placement_failure_exits_2(srv: InProcServer, run: Any, tmp_path: Path) -> None:
+    srv.add_node("small-1", memory_mb=512)
+    srv.add_node("small-2", memory_mb=512)
+    srv.add_node("mac", attributes={"kernel.name": "darwin"})
     job = sample_job(
         "hungry",
         count=3,
         memory_mb=400,
         constraints=(("${attr.kernel.name}", "=", "linux"),),
     )
-    fake.state.nodes[next(iter(fake.state.nodes))].node_resources.memory.memory_mb = 512
     result = run("job", "run", write_job(tmp_path, job))
     assert result.exit_code == 2, result.output
     out = result.stdout
-    ev = next(e for e in fake.state.evals.values() if e.triggered_by == "job-register")
+    ev = next(e for e in srv.evals("hungry") if e.triggered_by == "job-register")
     assert re.search(
         rf'==> {STAMP}: Evaluation "{ev.id[:8]}" finished with status "complete" but failed '
         r"to place all allocations:\n"
@@ -140,7 +147,7 @@ def test_job_run_placement_failure_exits_2(fake: FakeServer, run: Any, tmp_path:
 
 
 @pytest.mark.usefixtures("parse_json_jobs")
-def test_job_run_plural_failure_header(fake: FakeServer, run: Any, tmp_path: Path) -> None:
+def test_job_run_plural_failure_header(run: Any, tmp_path: Path) -> None:
     result = run("job", "run", write_job(tmp_path, sample_job("nowhere", count=2)))
     assert result.exit_code == 2
     assert 'Task Group "web" (failed to place 2 allocations):' in result.stdout
@@ -148,40 +155,40 @@ def test_job_run_plural_failure_header(fake: FakeServer, run: Any, tmp_path: Pat
 
 
 @pytest.mark.usefixtures("parse_json_jobs")
-def test_job_run_detach_and_check_index(fake: FakeServer, run: Any, tmp_path: Path) -> None:
+def test_job_run_detach_and_check_index(srv: InProcServer, run: Any, tmp_path: Path) -> None:
     path = write_job(tmp_path, sample_job("hello"))
     result = run("job", "run", "--detach", path)
     assert result.exit_code == 0
-    ev_id = next(iter(fake.state.evals))
-    assert lines(result.stdout) == ["Job registration successful", f"Evaluation ID: {ev_id}"]
+    ev = srv.evals("hello")[0]  # then the blocked one: no nodes
+    assert lines(result.stdout) == ["Job registration successful", f"Evaluation ID: {ev.id}"]
     stale = run("job", "run", "--detach", "--check-index", "0", path)
     assert stale.exit_code == 1
     assert lines(stale.stderr) == [
         f"Error: enforcing job modify index 0: job exists with conflicting job modify "
-        f"index: {fake.state.jobs['hello'][-1].job_modify_index}"
+        f"index: {srv.job('hello').job_modify_index}"
     ]
-    request = fake.state.requests[-1][1]
+    request = srv.log.of("Register")[-1]
     assert request.enforce_index and request.job_modify_index == 0
 
 
 @pytest.mark.usefixtures("parse_json_jobs")
-def test_job_run_from_stdin(fake: FakeServer, run: Any) -> None:
-    fake.state.add_node("n1")
+def test_job_run_from_stdin(srv: InProcServer, run: Any) -> None:
+    srv.add_node("n1")
     body = json.dumps({"Job": to_json(sample_job("piped"), omit_empty=True)})
     result = run("job", "run", "--detach", "-", input=body)
     assert result.exit_code == 0, result.output
-    assert "piped" in fake.state.jobs
+    assert srv.server.state.job(structs.DEFAULT_NAMESPACE, "piped") is not None
 
 
 @pytest.mark.usefixtures("parse_json_jobs")
-def test_job_run_server_rejects_job(fake: FakeServer, run: Any, tmp_path: Path) -> None:
+def test_job_run_server_rejects_job(run: Any, tmp_path: Path) -> None:
     bad = sample_job("two words")
     del bad.task_groups[:]
     result = run("job", "run", write_job(tmp_path, bad))
     assert result.exit_code == 1
     assert lines(result.stderr) == [
-        "Error: Job ID contains a space",
-        "    Missing job task groups",
+        'Error: job ID "two words" must not contain spaces',
+        "    no task groups: a job needs at least one group",
     ]
     assert "Traceback" not in result.output
 
@@ -206,18 +213,18 @@ job "hello" {
 """
 
 
-def test_job_run_real_hcl_file(fake: FakeServer, run: Any, tmp_path: Path) -> None:
-    fake.state.add_node("n1")
+def test_job_run_real_hcl_file(srv: InProcServer, run: Any, tmp_path: Path) -> None:
+    srv.add_node("n1")
     path = tmp_path / "hello.hcl"
     path.write_text(GOOD_HCL)
     result = run("job", "run", str(path))
     assert result.exit_code == 0, result.output
     assert result.stdout.count("created: node") == 2
-    registered = [r for name, r in fake.state.requests if name == "Register"][-1].job
+    registered = srv.log.of("Register")[-1].job
     assert registered.id == "hello" and registered.task_groups[0].count == 2
 
 
-def test_job_run_bad_file_prints_parser_errors(fake: FakeServer, run: Any, tmp_path: Path) -> None:
+def test_job_run_bad_file_prints_parser_errors(srv: InProcServer, run: Any, tmp_path: Path) -> None:
     path = tmp_path / "bad.hcl"
     path.write_text(GOOD_HCL.replace("count = 2", "count = "))
     result = run("job", "run", str(path))
@@ -225,7 +232,7 @@ def test_job_run_bad_file_prints_parser_errors(fake: FakeServer, run: Any, tmp_p
     assert result.stdout == ""
     assert re.match(rf"{re.escape(str(path))}:5:\d+: ", result.stderr), result.stderr
     assert "Traceback" not in result.output
-    assert not fake.state.jobs
+    assert not srv.server.state.jobs()
     piped = run("job", "run", "-", input=GOOD_HCL.replace("count = 2", "count = "))
     assert piped.exit_code == 1
     assert piped.stderr.startswith("<stdin>:5:")
@@ -238,25 +245,27 @@ def test_job_run_missing_file_is_a_usage_error(run: Any, tmp_path: Path) -> None
 
 
 @pytest.mark.usefixtures("parse_json_jobs")
-def test_job_run_gives_up_on_a_stuck_eval(
-    fake: FakeServer, run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(monitor, "MONITOR_TIMEOUT", 0.3)
-    fake.state.pending_reads = 10_000
-    result = run("job", "run", write_job(tmp_path, sample_job("stuck")))
+def test_job_run_gives_up_on_a_stuck_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An evaluation no scheduler picks up (the scripted fake keeps it pending): the
+    monitor gives up at its deadline, on a fake clock, so without waiting for it."""
+    clock = use_fake_clock(monkeypatch, eval_timeout=0.3)
+    with FakeServer() as fake:
+        fake.state.pending_reads = 10_000
+        result = invoker(fake.address)("job", "run", write_job(tmp_path, sample_job("stuck")))
     assert result.exit_code == 1
     assert "is still pending after 0.3s" in result.stdout
     assert "corral eval status" in result.stdout
+    assert clock.sleeps == [0.1, 0.1, 0.1]
 
 
 # ---------------------------------------------------------------- job status
 
 
-def test_job_status_list(fake: FakeServer, run: Any) -> None:
+def test_job_status_list(srv: InProcServer, run: Any) -> None:
     assert run("job", "status").stdout == "No running jobs\n"
-    fake.state.add_node("n1")
-    fake.run_job(sample_job("web"))
-    fake.run_job(sample_job("api"))
+    srv.add_node("n1")
+    srv.run_job(sample_job("web"))
+    srv.run_job(sample_job("api"))
     result = run("job", "status")
     assert result.exit_code == 0
     out = lines(result.stdout)
@@ -268,9 +277,9 @@ def test_job_status_list(fake: FakeServer, run: Any) -> None:
     assert as_json[0]["Type"] == "service" and isinstance(as_json[0]["SubmitTime"], int)
 
 
-def test_job_status_single(fake: FakeServer, run: Any) -> None:
-    fake.state.add_node("n1", memory_mb=600)
-    fake.run_job(sample_job("web", count=3))  # only two fit
+def test_job_status_single(srv: InProcServer, run: Any) -> None:
+    srv.add_node("n1", memory_mb=600)
+    srv.run_job(sample_job("web", count=3))  # only two fit
     result = run("job", "status", "web")
     assert result.exit_code == 0, result.output
     blocks = result.stdout.split("\n\n")
@@ -310,22 +319,21 @@ def test_job_status_single(fake: FakeServer, run: Any) -> None:
         "Created",
         "Modified",
     ]
-    ids = {a.id[:8] for a in fake.state.allocs.values()}
+    ids = {a.id[:8] for a in srv.allocs()}
     assert {line.split()[0] for line in alloc_lines[2:]} == ids
     assert all(re.search(r"run\s+running\s+\d+s ago\s+\d+s ago$", x) for x in alloc_lines[2:])
 
 
-def test_job_status_starting_counts_pending_allocs(fake: FakeServer, run: Any) -> None:
-    fake.state.add_node("n1")
-    fake.state.new_alloc_client_status = "pending"
-    fake.run_job(sample_job("web", count=2))
+def test_job_status_starting_counts_pending_allocs(srv: InProcServer, run: Any) -> None:
+    srv.add_node("n1")
+    srv.run_job(sample_job("web", count=2), start=False)  # no client has started them
     out = run("job", "status", "web").stdout
     assert "web         0       2         0        0       0         0" in out
 
 
-def test_job_status_json_shape(fake: FakeServer, run: Any) -> None:
-    fake.state.add_node("n1")
-    fake.run_job(sample_job("web"))
+def test_job_status_json_shape(srv: InProcServer, run: Any) -> None:
+    srv.add_node("n1")
+    srv.run_job(sample_job("web"))
     result = run("job", "status", "web", "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
@@ -339,9 +347,9 @@ def test_job_status_json_shape(fake: FakeServer, run: Any) -> None:
     assert port["HostIP"] == "127.0.0.1"
 
 
-def test_job_status_prefix_and_not_found(fake: FakeServer, run: Any) -> None:
-    fake.run_job(sample_job("website"))
-    fake.run_job(sample_job("webhook"))
+def test_job_status_prefix_and_not_found(srv: InProcServer, run: Any) -> None:
+    srv.run_job(sample_job("website"))
+    srv.run_job(sample_job("webhook"))
     assert run("job", "status", "webs").stdout.startswith("ID          = website")
     ambiguous = run("job", "status", "web")
     assert ambiguous.exit_code == 1
@@ -356,169 +364,52 @@ def test_job_status_prefix_and_not_found(fake: FakeServer, run: Any) -> None:
 # ---------------------------------------------------------------- job stop
 
 
-def test_job_stop_monitors(fake: FakeServer, run: Any) -> None:
-    fake.state.add_node("n1")
-    fake.run_job(sample_job("web", count=2))
+def test_job_stop_monitors(srv: InProcServer, run: Any) -> None:
+    srv.add_node("n1")
+    srv.run_job(sample_job("web", count=2))
     result = run("job", "stop", "web")
     assert result.exit_code == 0, result.output
     assert re.search(r'finished with status "complete"$', result.stdout.strip())
-    assert all(a.desired_status == "stop" for a in fake.state.allocs.values())
+    assert all(a.desired_status == "stop" for a in srv.allocs())
+    srv.sync_allocs()  # the clients stop the tasks and report them complete
     status = run("job", "status", "web").stdout
     assert re.search(r"Status\s+= dead \(stopped\)", status)
     assert "web         0       0         0        0       2         0" in status
 
 
-def test_job_stop_purge_detach(fake: FakeServer, run: Any) -> None:
-    fake.run_job(sample_job("web"))
+def test_job_stop_purge_detach(srv: InProcServer, run: Any) -> None:
+    srv.run_job(sample_job("web"))
     result = run("job", "stop", "--purge", "--detach", "web")
     assert result.exit_code == 0
     ev_id = result.stdout.strip()
-    assert fake.state.evals[ev_id].triggered_by == "job-deregister"
-    assert "web" not in fake.state.jobs
-    request = [r for name, r in fake.state.requests if name == "Deregister"][-1]
+    assert srv.eval(ev_id).triggered_by == "job-deregister"
+    assert srv.server.state.job(structs.DEFAULT_NAMESPACE, "web") is None
+    request = srv.log.of("Deregister")[-1]
     assert request.purge
 
 
-# ---------------------------------------------------------------- alloc
+# ---------------------------------------------------------------- alloc stop
 
 
-def _one_alloc(fake: FakeServer, tasks: tuple[str, ...] = ("server",)) -> pb.Allocation:
-    fake.state.add_node("node-a")
-    fake.run_job(sample_job("web", tasks=tasks))
-    return next(iter(fake.state.allocs.values()))
-
-
-def test_alloc_status(fake: FakeServer, run: Any) -> None:
-    alloc = _one_alloc(fake)
-    alloc.task_states["server"].events.add(
-        type="Driver Failure",
-        time=alloc.create_time + 10**9,
-        message="boom",
-        driver_error="no image",
-    )
-    result = run("alloc", "status", alloc.id[:6])
-    assert result.exit_code == 0, result.output
-    blocks = result.stdout.split("\n\n")
-    head = dict(re.split(r"\s+=\s+", line, maxsplit=1) for line in lines(blocks[0]))
-    assert list(head)[:13] == [
-        "ID",
-        "Eval ID",
-        "Name",
-        "Node ID",
-        "Node Name",
-        "Job ID",
-        "Job Version",
-        "Client Status",
-        "Client Description",
-        "Desired Status",
-        "Desired Description",
-        "Created",
-        "Modified",
-    ]
-    assert head["ID"] == alloc.id[:8] and head["Name"] == "web.web[0]"
-    assert head["Node Name"] == "node-a" and head["Desired Description"] == "<none>"
-    port = alloc.allocated_resources.shared.ports[0]
-    assert lines(blocks[1]) == [
-        "Allocation Addresses:",
-        "Label  Address",
-        f"http   127.0.0.1:{port.value} -> 8080",
-    ]
-    task_block = "\n\n".join(blocks[2:])
-    assert 'Task "server" is "running"' in task_block
-    events = task_block.split("Recent Events:\n", 1)[1]
-    event_lines = lines(events)
-    assert re.split(r"\s{2,}", event_lines[0]) == ["Time", "Type", "Description"]
-    assert re.fullmatch(rf"{STAMP}\s+Driver Failure\s+boom: no image", event_lines[1])
-    assert re.fullmatch(rf"{STAMP}\s+Started\s+Task started by client", event_lines[2])
-    full = run("alloc", "status", "--verbose", alloc.id[:6]).stdout
-    assert f"ID                  = {alloc.id}" in full
-
-
-def test_alloc_status_json(fake: FakeServer, run: Any) -> None:
-    alloc = _one_alloc(fake)
-    data = json.loads(run("alloc", "status", "--json", alloc.id).stdout)
-    assert data["ID"] == alloc.id
-    assert data["TaskStates"]["server"]["State"] == "running"
-    assert data["AllocatedResources"]["Shared"]["Ports"][0]["Label"] == "http"
-
-
-def test_alloc_prefix_errors_are_readable(fake: FakeServer, run: Any) -> None:
-    fake.state.add_node("n1")
-    fake.run_job(sample_job("web", count=2))
-    a, b = fake.state.allocs.values()
-    # Give both the same leading characters.
-    for alloc, new_id in ((a, "abcd1111-0000"), (b, "abcd2222-0000")):
-        del fake.state.allocs[alloc.id]
-        alloc.id = new_id
-        fake.state.allocs[new_id] = alloc
-    result = run("alloc", "status", "abcd")
-    assert result.exit_code == 1
-    assert lines(result.stderr) == [
-        'Error: prefix "abcd" matches multiple allocations: abcd1111, abcd2222'
-    ]
-    missing = run("alloc", "status", "ffff")
-    assert missing.exit_code == 1
-    assert lines(missing.stderr) == ['Error: allocation "ffff" not found']
-    assert "Traceback" not in result.output + missing.output
-
-
-def test_alloc_logs_single_task_default(fake: FakeServer, run: Any) -> None:
-    alloc = _one_alloc(fake)
-    fake.state.logs[(alloc.id, "server", "stdout")] = b"one\ntwo\nthree\n\xff\n"
-    fake.state.logs[(alloc.id, "server", "stderr")] = b"oops\n"
-    result = run("alloc", "logs", alloc.id[:6])
-    assert result.exit_code == 0, result.output
-    assert result.stdout_bytes == b"one\ntwo\nthree\n\xff\n"
-    assert run("alloc", "logs", "--stderr", alloc.id, "server").stdout == "oops\n"
-    tail = run("alloc", "logs", "--tail", "-n", "2", alloc.id)
-    assert tail.stdout_bytes == b"three\n\xff\n"
-    request = [r for name, r in fake.state.requests if name == "Logs"][-1]
-    assert request.origin == "end" and request.offset > 0
-    assert run("alloc", "logs", "-c", "6", alloc.id).stdout_bytes == b"ree\n\xff\n"
-
-
-def test_alloc_logs_follow(fake: FakeServer, run: Any) -> None:
-    alloc = _one_alloc(fake)
-    key = (alloc.id, "server", "stdout")
-    fake.state.logs[key] = b"a\nb\nc\n"
-    fake.state.follow_chunks[key] = [b"d\n", b"e\n"]
-    result = run("alloc", "logs", "-f", alloc.id)
-    assert result.exit_code == 0, result.output
-    assert result.stdout == "a\nb\nc\nd\ne\n"
-    tailed = run("alloc", "logs", "-f", "--tail", "-n", "1", alloc.id)
-    assert tailed.stdout == "c\nd\ne\n"
-
-
-def test_alloc_logs_needs_task_when_several(fake: FakeServer, run: Any) -> None:
-    alloc = _one_alloc(fake, tasks=("api", "worker"))
-    result = run("alloc", "logs", alloc.id)
-    assert result.exit_code == 1
-    assert lines(result.stderr) == [
-        f'Error: allocation "{alloc.id[:8]}" runs several tasks, name one: api, worker'
-    ]
-    fake.state.logs[(alloc.id, "worker", "stdout")] = b"working\n"
-    assert run("alloc", "logs", alloc.id, "worker").stdout == "working\n"
-    wrong = run("alloc", "logs", alloc.id, "db")
-    assert wrong.exit_code == 1
-    assert "its tasks: api, worker" in wrong.stderr
-
-
-def test_alloc_stop(fake: FakeServer, run: Any) -> None:
-    alloc = _one_alloc(fake)
+def test_alloc_stop(srv: InProcServer, run: Any) -> None:
+    srv.add_node("node-a")
+    srv.run_job(sample_job("web"))
+    (alloc,) = srv.allocs()
     result = run("alloc", "stop", "--detach", alloc.id[:6])
     assert result.exit_code == 0
-    assert fake.state.evals[result.stdout.strip()].triggered_by == "alloc-stop"
-    assert fake.state.allocs[alloc.id].desired_status == "stop"
+    assert srv.eval(result.stdout.strip()).triggered_by == "alloc-stop"
+    srv.settle()
+    assert srv.server.state.alloc(alloc.id).desired_status == "stop"
 
 
 # ---------------------------------------------------------------- node, eval
 
 
-def test_node_status(fake: FakeServer, run: Any) -> None:
+def test_node_status(srv: InProcServer, run: Any) -> None:
     assert run("node", "status").stdout == "No nodes registered\n"
-    a = fake.state.add_node("node-a", node_class="web")
-    fake.state.add_node("node-b")
-    fake.run_job(sample_job("web"))
+    a = srv.add_node("node-a", node_class="web")
+    srv.add_node("node-b")
+    srv.run_job(sample_job("web"))
     out = lines(run("node", "status").stdout)
     assert re.split(r"\s{2,}", out[0]) == [
         "ID",
@@ -540,8 +431,9 @@ def test_node_status(fake: FakeServer, run: Any) -> None:
     ]
     assert re.split(r"\s{2,}", out[2])[2] == "<none>"
 
-    alloc = next(iter(fake.state.allocs.values()))
-    holder = fake.state.nodes[alloc.node_id]
+    (alloc,) = srv.allocs()
+    holder = srv.server.state.node(alloc.node_id)
+    assert holder is not None
     detail = run("node", "status", holder.id[:6])
     assert detail.exit_code == 0, detail.output
     text = detail.stdout
@@ -559,9 +451,9 @@ def test_node_status(fake: FakeServer, run: Any) -> None:
     assert one["ID"] == a.id and one["Attributes"]["kernel.name"] == "linux"
 
 
-def test_eval_status(fake: FakeServer, run: Any) -> None:
-    fake.state.add_node("tiny", memory_mb=100)
-    ev = fake.run_job(sample_job("web"))
+def test_eval_status(srv: InProcServer, run: Any) -> None:
+    srv.add_node("tiny", memory_mb=100)
+    ev = srv.run_job(sample_job("web"))
     result = run("eval", "status", ev.id[:6])
     assert result.exit_code == 0, result.output
     text = result.stdout
@@ -611,14 +503,14 @@ def test_unreachable_server_via_console_script_no_traceback() -> None:
     )
 
 
-def test_address_from_env_or_after_the_subcommand(fake: FakeServer) -> None:
-    fake.run_job(sample_job("web"))
+def test_address_from_env_or_after_the_subcommand(srv: InProcServer) -> None:
+    srv.run_job(sample_job("web"))
     runner = CliRunner()
-    via_env = runner.invoke(cli, ["job", "status"], env={"CORRAL_ADDR": fake.address})
+    via_env = runner.invoke(cli, ["job", "status"], env={"CORRAL_ADDR": srv.address})
     assert via_env.exit_code == 0 and via_env.stdout.startswith("ID ")
     closed = f"127.0.0.1:{free_port()}"
     late = runner.invoke(
-        cli, ["--address", closed, "job", "status", "web", "--address", fake.address]
+        cli, ["--address", closed, "job", "status", "web", "--address", srv.address]
     )
     assert late.exit_code == 0, late.output
     assert "ID          = web" in late.stdout
@@ -629,147 +521,3 @@ def test_usage_errors_exit_1(run: Any) -> None:
     assert result.exit_code == 1
     assert "No such option" in result.stderr
     assert run("alloc", "status").exit_code == 1
-
-
-# ---------------------------------------------------------------- agent
-
-
-@pytest.fixture
-def agent_calls(monkeypatch: pytest.MonkeyPatch) -> list[AgentConfig]:
-    """Record the AgentConfig the command hands to ``corral.agent.run_agent``."""
-    calls: list[AgentConfig] = []
-    module = types.ModuleType("corral.agent")
-
-    def run_agent(cfg: AgentConfig) -> int:
-        calls.append(cfg)
-        return 0
-
-    module.run_agent = run_agent  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "corral.agent", module)
-    return calls
-
-
-def test_agent_dev(agent_calls: list[AgentConfig]) -> None:
-    result = CliRunner().invoke(cli, ["agent", "--dev", "--log-level", "debug"])
-    assert result.exit_code == 0, result.output
-    (cfg,) = agent_calls
-    assert cfg.dev and cfg.server and cfg.client
-    assert Path(cfg.data_dir).is_dir() and "corral-dev-" in cfg.data_dir
-    assert cfg.log_level == "DEBUG" and cfg.rpc_port == 4647
-    Path(cfg.data_dir).rmdir()
-
-
-@pytest.mark.parametrize(
-    ("key", "why"),
-    [
-        ("a", "must be base64"),
-        ("k3y", "must be base64"),
-        ("c2hvcnQ=", "must be 32 random bytes in base64 (this one is 5 bytes)"),
-    ],
-)
-def test_agent_refuses_a_cluster_key_keygen_would_not_make(
-    agent_calls: list[AgentConfig], tmp_path: Path, key: str, why: str
-) -> None:
-    """A typo must not become a guessable raft key."""
-    args = ["agent", "--server", "--data-dir", str(tmp_path), "--encrypt", key]
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 1, result.output  # a usage error, as Nomad's CLI
-    assert "Invalid value for '--encrypt'" in result.output and why in result.output
-    assert agent_calls == []
-
-
-def test_agent_server_and_client_flags(agent_calls: list[AgentConfig], tmp_path: Path) -> None:
-    server = CliRunner().invoke(
-        cli,
-        [
-            "agent",
-            "--server",
-            "--data-dir",
-            str(tmp_path),
-            "--bind",
-            "0.0.0.0",
-            "--rpc-port",
-            "5647",
-            "--raft-port",
-            "5648",
-            "--http-port",
-            "5646",
-            "--servers",
-            "10.0.0.1:5648, 10.0.0.2:5648,10.0.0.3:5648",
-            "--encrypt",
-            KEY,
-            "--min-heartbeat-ttl",
-            "500ms",
-            "--heartbeat-grace",
-            "2",
-        ],
-    )
-    assert server.exit_code == 0, server.output
-    cfg = agent_calls[-1]
-    assert cfg.server and not cfg.client and not cfg.dev
-    assert cfg.servers == ["10.0.0.1:5648", "10.0.0.2:5648", "10.0.0.3:5648"]
-    assert (cfg.bind, cfg.rpc_port, cfg.raft_port, cfg.http_port) == ("0.0.0.0", 5647, 5648, 5646)
-    assert cfg.encrypt == KEY and cfg.min_heartbeat_ttl == 0.5 and cfg.heartbeat_grace == 2.0
-
-    client = CliRunner().invoke(
-        cli,
-        [
-            "agent",
-            "--client",
-            "--data-dir",
-            str(tmp_path),
-            "--servers",
-            "127.0.0.1:4647",
-            "--datacenter",
-            "dc2",
-            "--node-class",
-            "gpu",
-            "--node-name",
-            "box1",
-            "--meta",
-            "rack=r1",
-            "--meta",
-            "zone=a=b",
-            "--cpu-total",
-            "2000",
-            "--memory-total",
-            "1024",
-        ],
-    )
-    assert client.exit_code == 0, client.output
-    cfg = agent_calls[-1]
-    assert cfg.client and not cfg.server
-    assert cfg.servers == ["127.0.0.1:4647"] and cfg.datacenter == "dc2"
-    assert (cfg.node_class, cfg.node_name) == ("gpu", "box1")
-    assert cfg.meta == {"rack": "r1", "zone": "a=b"}
-    assert (cfg.cpu_total, cfg.memory_total) == (2000, 1024)
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        ([], "say what to run: --dev, --server, --client"),
-        (["--servers", "a:1"], "--servers needs --server"),
-        (
-            ["--dev", "--servers", "a:1"],
-            "--dev runs a single-node cluster and cannot join --servers",
-        ),
-        (["--server"], "--data-dir is required"),
-        (
-            ["--server", "--data-dir", "D", "--node-class", "x"],
-            "--node-class only apply to a client",
-        ),
-        (["--client", "--data-dir", "D", "--raft-port", "1"], "--raft-port only apply to a server"),
-        (["--server", "--data-dir", "D", "--servers", "nope"], "'nope' is not HOST:PORT"),
-        (["--client", "--data-dir", "D", "--meta", "novalue"], "'novalue' is not key=value"),
-        (["--dev", "--min-heartbeat-ttl", "soon"], "is not a duration"),
-        (["--dev", "--rpc-port", "4646"], "must differ"),
-    ],
-)
-def test_agent_rejects_contradictions(
-    agent_calls: list[AgentConfig], args: list[str], message: str
-) -> None:
-    result = CliRunner().invoke(cli, ["agent", *args])
-    assert result.exit_code == 1, result.output
-    assert message in result.stderr
-    assert agent_calls == []

@@ -2,14 +2,17 @@
 
 Against the in-process fake server over real gRPC, whose deployments are scripted
 (``DeploymentStep``s applied one per read), so that a rollout's progress and its
-end are known. What a user relies on: Nomad's ``deployment status`` layout and API
-JSON, ``job run`` following a rollout to its end with exit 0 on success and 1 on
-failure or auto-revert (naming the version it rolls back to), and unchanged
-behaviour when a job write starts no deployment.
+end are known (the real server's rollouts need client agents reporting health).
+The monitors run on a fake clock: their grace periods and retry delays pass
+without a real wait. What a user relies on: Nomad's ``deployment status`` layout
+and API JSON, ``job run`` following a rollout to its end with exit 0 on success
+and 1 on failure or auto-revert (naming the version it rolls back to), and
+unchanged behaviour when a job write starts no deployment.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -27,7 +30,8 @@ from corral.api.jsonmap import from_json, to_json
 from corral.cli import monitor
 from corral.cli.main import cli
 from corral.proto import pb
-from tests.support.fake_server import DeploymentStep, FakeServer, sample_job
+from tests.support.fake_server import DeploymentStep, FakeClock, FakeServer, use_fake_clock
+from tests.support.inproc_server import sample_job
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)"
 MINUTE = 60 * 10**9
@@ -52,11 +56,9 @@ def run(fake: FakeServer) -> Any:
 
 
 @pytest.fixture(autouse=True)
-def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep the monitors' waits short: the fake answers at once anyway."""
-    monkeypatch.setattr(monitor, "DEPLOYMENT_POLL", 0.01)
-    monkeypatch.setattr(monitor, "DEPLOYMENT_APPEAR_POLL", 0.01)
-    monkeypatch.setattr(monitor, "DEPLOYMENT_APPEAR_TIMEOUT", 0.3)
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The CLI's monitors wait on a fake clock: no real sleeping."""
+    return use_fake_clock(monkeypatch)
 
 
 @pytest.fixture
@@ -99,10 +101,6 @@ def rolling_job(
     )
     group.tasks[0].env["VERSION"] = image
     return job
-
-
-def requests(fake: FakeServer, method: str) -> list[Any]:
-    return [r for name, r in fake.state.requests if name == method]
 
 
 def rollout(*healthy: int, count: int = 4) -> list[DeploymentStep]:
@@ -245,7 +243,7 @@ def test_deployment_promote_follows_the_rollout(fake: FakeServer, run: Any) -> N
     fake.state.deployment_steps[d.id] = rollout(2)
     result = run("deployment", "promote", d.id[:8])
     assert result.exit_code == 0, result.output
-    (req,) = requests(fake, "Promote")
+    (req,) = fake.log.of("Promote")
     assert req.deployment_id == d.id and list(req.groups) == []
     out = result.stdout
     assert "Monitoring evaluation" in out
@@ -260,11 +258,11 @@ def test_deployment_promote_group_detach_and_errors(fake: FakeServer, run: Any) 
     unknown = run("deployment", "promote", d.id, "--group", "nope")
     assert unknown.exit_code == 1
     assert 'no task group "nope"' in unknown.stderr and "its groups: web" in unknown.stderr
-    assert not requests(fake, "Promote")
+    assert not fake.log.of("Promote")
 
     detached = run("deployment", "promote", d.id, "--group", "web", "--detach")
     assert detached.exit_code == 0, detached.output
-    assert list(requests(fake, "Promote")[0].groups) == ["web"]
+    assert list(fake.log.of("Promote")[0].groups) == ["web"]
     assert re.search(r"Evaluation ID: [0-9a-f-]{36}", detached.stdout)
 
     fake.run_job(rolling_job("api", count=1))
@@ -398,7 +396,7 @@ def test_job_run_without_a_deployment_is_unchanged(
     assert quiet.exit_code == 0, quiet.output
     assert "eployment" not in quiet.stdout
     assert time.monotonic() - started < 5
-    assert requests(fake, "List")  # it did look
+    assert fake.log.of("List")  # it did look
 
     detached = run("job", "run", "--detach", write_job(tmp_path, rolling_job("web", count=2)))
     assert detached.exit_code == 0 and "Monitoring" not in detached.stdout
@@ -407,7 +405,7 @@ def test_job_run_without_a_deployment_is_unchanged(
 def test_job_run_on_a_server_without_deployments(
     fake: FakeServer, run: Any, tmp_path: Path, json_jobs: None
 ) -> None:
-    fake.state.inject_errors["List"] = (grpc.StatusCode.UNIMPLEMENTED, "unknown service")
+    fake.log.inject_errors["List"] = (grpc.StatusCode.UNIMPLEMENTED, "unknown service")
     result = run("job", "run", write_job(tmp_path, rolling_job("web")))
     assert result.exit_code == 0, result.output
     assert "eployment" not in result.stdout
@@ -423,7 +421,7 @@ def test_job_run_placement_failure_does_not_wait_for_the_rollout(
 
 
 def test_monitor_ignores_an_old_finished_deployment_of_the_same_version(
-    fake: FakeServer,
+    fake: FakeServer, clock: FakeClock
 ) -> None:
     """Re-running an unchanged job keeps its version: its old, successful deployment
     is not this run's result, a running one is followed."""
@@ -431,13 +429,26 @@ def test_monitor_ignores_an_old_finished_deployment_of_the_same_version(
     old = fake.state.add_deployment("web", status="successful", description="done")
     with CorralClient(fake.address) as client:
         since = old.create_index + 1
-        assert monitor.find_deployment(client, "web", 0, since_index=since, timeout=0) is None
+        assert (
+            monitor.find_deployment(
+                client, "web", 0, since_index=since, clock=clock.monotonic, sleep=clock.sleep
+            )
+            is None
+        )
+        assert clock.now == monitor.DEPLOYMENT_APPEAR_TIMEOUT  # it looked for the grace period
         assert monitor.find_deployment(client, "web", 0, timeout=0) is not None
         running = fake.state.add_deployment("web", steps=rollout())
         fake.state.index += 10
         seen: list[str] = []
         code = monitor.monitor_deployment(
-            client, "web", 0, seen.append, since_index=fake.state.index, timeout=0
+            client,
+            "web",
+            0,
+            seen.append,
+            since_index=fake.state.index,
+            timeout=0,
+            clock=clock.monotonic,
+            sleep=clock.sleep,
         )
         assert code == 0
         assert any(f'"{running.id[:8]}" successful' in line for line in seen)
@@ -445,13 +456,12 @@ def test_monitor_ignores_an_old_finished_deployment_of_the_same_version(
 
 
 def test_monitor_cancelled_retries_and_interrupt(
-    fake: FakeServer, monkeypatch: pytest.MonkeyPatch
+    fake: FakeServer, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
 ) -> None:
     """A cancelled rollout is not a success; a server that is briefly unreachable
     is retried; Ctrl-C stops watching (the rollout goes on) with a hint."""
     from corral.api.client import APIError
 
-    monkeypatch.setattr(monitor, "DEPLOYMENT_RETRY_DELAY", 0.0)
     fake.run_job(rolling_job("web"))
     steps = [
         DeploymentStep(
@@ -472,8 +482,17 @@ def test_monitor_cancelled_retries_and_interrupt(
 
         monkeypatch.setattr(client, "watch_deployment", flaky)
         seen: list[str] = []
-        assert monitor.follow_deployment(client, d.id, out=seen.append) == 1
+        follow = functools.partial(
+            monitor.follow_deployment,
+            client,
+            d.id,
+            out=seen.append,
+            clock=clock.monotonic,
+            sleep=clock.sleep,
+        )
+        assert follow() == 1
         assert len(calls) == 2
+        assert clock.sleeps == [monitor.DEPLOYMENT_RETRY_DELAY]
         assert any("retrying (1/5)" in line for line in seen)
         assert any("cancelled: Cancelled due to newer version" in line for line in seen)
 
@@ -482,5 +501,5 @@ def test_monitor_cancelled_retries_and_interrupt(
 
         monkeypatch.setattr(client, "watch_deployment", interrupted)
         seen.clear()
-        assert monitor.follow_deployment(client, d.id, out=seen.append) == 130
+        assert follow() == 130
         assert f"deployment status --monitor {d.id[:8]}" in seen[-1]
