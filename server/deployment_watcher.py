@@ -126,7 +126,7 @@ class DeploymentWatcher:
         state = self._ctx.state
         last = -1
         while not stop.is_set():
-            index = state.wait_for_index(last, 1.0, "deployments", "jobs")
+            index = state.wait_for_index(last, 1.0, "deployments", "jobs", cancel=stop)
             if stop.is_set():
                 return
             last = index

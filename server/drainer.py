@@ -31,7 +31,7 @@ class Drainer:
         """
         last_index = -1
         while not stop.is_set():
-            index = self.ctx.state.wait_for_index(last_index, 1.0, "allocs", "nodes")
+            index = self.ctx.state.wait_for_index(last_index, 1.0, "allocs", "nodes", cancel=stop)
             if stop.is_set():
                 return
             if index == last_index and not any(n.drain for n in self.ctx.state.nodes()):

@@ -167,6 +167,7 @@ class Server(JobEndpoints, NodeEndpoints, DeploymentEndpoints, MembershipEndpoin
         alive = [n.id for n in snap.nodes() if n.status != structs.NODE_STATUS_DOWN]
         term.add(_Switch(lambda: self.heartbeats.start(alive), self.heartbeats.stop))
         term.on_stop(self._unblock.set)
+        term.on_stop(self.state.wake)  # loops blocked in wait_for_index
         term.loop("unblock", self._unblock_loop)
         self._unblock.set()
         term.loop("drainer", Drainer(self.leader_ctx).run)

@@ -230,20 +230,33 @@ class StateStore(StateReader):
         """O(1): published tables are never written again (see ``_WriteTxn``)."""
         return StateSnapshot(self._t)
 
-    def wait_for_index(self, min_index: int, timeout: float, *tables: str) -> int:
-        """Block until the index of ``tables`` (all if none) exceeds ``min_index`` or
-        ``timeout`` seconds pass; return the current index of those tables."""
+    def wait_for_index(
+        self,
+        min_index: int,
+        timeout: float,
+        *tables: str,
+        cancel: threading.Event | None = None,
+    ) -> int:
+        """Block until the index of ``tables`` (all if none) exceeds ``min_index``,
+        ``timeout`` seconds pass, or ``cancel`` is set (with a ``wake()``); return the
+        current index of those tables."""
         names = tables or TABLES
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
                 current = max(self._t.table_index[t] for t in names)
-                if current > min_index:
+                if current > min_index or (cancel is not None and cancel.is_set()):
                     return current
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return current
                 self._changed.wait(remaining)
+
+    def wake(self) -> None:
+        """Wake every blocked ``wait_for_index`` to look at its ``cancel`` event (a
+        leadership term ending wakes its loops this way)."""
+        with self._changed:
+            self._changed.notify_all()
 
     # ------------------------------------------------------------ writing
     def write(self) -> _WriteTxn:
