@@ -37,11 +37,18 @@ def is_canary(alloc: pb.Allocation) -> bool:
 
 
 def find_deployment(deployments: list[pb.Deployment], job: pb.Job) -> pb.Deployment | None:
-    """The deployment of the job's current version, newest first."""
+    """The deployment of the job's current version, newest first.
+
+    Only this incarnation's: a job purged and registered again starts its versions
+    from 0, so a deployment of the purged job can carry the same version number
+    (Nomad tells them apart by ``JobCreateIndex`` the same way)."""
     mine = [
         d
         for d in deployments
-        if d.namespace == job.namespace and d.job_id == job.id and d.job_version == job.version
+        if d.namespace == job.namespace
+        and d.job_id == job.id
+        and d.job_version == job.version
+        and d.job_create_index == job.create_index
     ]
     mine.sort(key=lambda d: d.create_index, reverse=True)
     return mine[0] if mine else None

@@ -83,3 +83,69 @@ def test_a_failed_allocation_is_rescheduled(agent: DevAgent, tmp_path: Path) -> 
         e["TriggeredBy"] for e in evals
     ]
     assert run_cli("job", "stop", "-purge", "resched", addr=agent.rpc_addr).returncode == 0
+
+
+def versioned_job(job_id: str, value: str, count: int = 2, update: str = "") -> str:
+    return f"""
+job "{job_id}" {{
+  type = "service"
+  group "g" {{
+    count = {count}
+    {update}
+    task "t" {{
+      driver = "raw_exec"
+      env {{
+        VERSION = "{value}"
+      }}
+      config {{
+        command = "/bin/sh"
+        args    = ["-c", "sleep 600"]
+      }}
+    }}
+  }}
+}}
+"""
+
+
+def live_versions(agent: DevAgent, job_id: str) -> dict[str, int]:
+    """Running allocations by the job version they run."""
+    allocs = cli_json(agent, "job", "status", job_id)["Allocations"]
+    out: dict[str, int] = {}
+    for a in allocs:
+        if a["DesiredStatus"] == "run" and a["ClientStatus"] == "running":
+            full = cli_json(agent, "alloc", "status", a["ID"])
+            key = str(full["Job"]["TaskGroups"][0]["Tasks"][0]["Env"]["VERSION"])
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+FAST_UPDATE = 'update {\n max_parallel = 2\n min_healthy_time = "0s"\n healthy_deadline = "30s"\n }'
+
+
+def test_purge_then_register_again_then_update_rolls_out(agent: DevAgent, tmp_path: Path) -> None:
+    """``job run p0; job run p1; job stop -purge; job run p0; job run p2``: the last
+    update replaces every allocation with p2."""
+    for step, value in enumerate(["p0", "p1"]):
+        run_job(agent, tmp_path, f"a{step}", versioned_job("pr", value, update=FAST_UPDATE))
+        wait_for(lambda v=value: live_versions(agent, "pr") == {v: 2}, timeout=60)
+    out = run_cli("job", "stop", "-purge", "pr", addr=agent.rpc_addr)
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: not live_versions_or_empty(agent, "pr"), timeout=60)
+    for step, value in enumerate(["p0", "p2"]):
+        run_job(agent, tmp_path, f"b{step}", versioned_job("pr", value, update=FAST_UPDATE))
+        wait_for(
+            lambda v=value: live_versions(agent, "pr") == {v: 2},
+            timeout=60,
+            message=lambda v=value: f"2 allocations of {v}, have {live_versions(agent, 'pr')}",
+        )
+    job = cli_json(agent, "job", "inspect", "pr")
+    job = job.get("Job", job)
+    assert job["TaskGroups"][0]["Tasks"][0]["Env"]["VERSION"] == "p2"
+    assert run_cli("job", "stop", "-purge", "pr", addr=agent.rpc_addr).returncode == 0
+
+
+def live_versions_or_empty(agent: DevAgent, job_id: str) -> dict[str, int]:
+    out = run_cli("job", "status", job_id, "--json", addr=agent.rpc_addr)
+    if out.returncode != 0:
+        return {}
+    return live_versions(agent, job_id)

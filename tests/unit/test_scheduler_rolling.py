@@ -136,3 +136,22 @@ def test_scale_only_change_joins_the_deployment_and_it_can_succeed() -> None:
     d = next(d for d in h.state.deployments() if d.job_version == 1)
     assert d.task_groups["web"].healthy_allocs == 3
     assert decide(d, job, h.state.job_versions("default", "web"), 0, 0).status == SUCCESSFUL
+
+
+def test_a_purged_incarnations_deployment_is_not_this_jobs() -> None:
+    """Purged and registered again, a job starts its versions from 0: a deployment
+    of the purged job with the same version number is not this job's (Nomad compares
+    JobCreateIndex)."""
+    from corral.scheduler.deployment import find_deployment, new_deployment
+
+    old_job = f.job(job_id="pr")
+    old_job.version, old_job.create_index = 1, 10
+    new_job = f.job(job_id="pr")
+    new_job.version, new_job.create_index = 1, 50
+    purged = new_deployment(old_job, "d-old")
+    purged.create_index = 12
+    assert find_deployment([purged], old_job) is purged
+    assert find_deployment([purged], new_job) is None
+    current = new_deployment(new_job, "d-new")
+    current.create_index = 51
+    assert find_deployment([purged, current], new_job) is current
