@@ -124,6 +124,22 @@ EVAL_STATUS_FAILED = EvalStatus.FAILED
 EVAL_STATUS_BLOCKED = EvalStatus.BLOCKED
 EVAL_STATUS_CANCELED = EvalStatus.CANCELED
 
+DEPLOYMENT_DESC_RUNNING = "Deployment is running"
+DEPLOYMENT_DESC_NEEDS_PROMOTION = "Deployment is running but requires manual promotion"
+DEPLOYMENT_DESC_AUTO_PROMOTION = "Deployment is running pending automatic promotion"
+
+
+def running_deployment_description(d: pb.Deployment) -> str:
+    """Nomad's description of a running deployment: whether it waits for a
+    promotion of its canaries, and whose (an operator's, or its own)."""
+    waiting = [g for g in d.task_groups.values() if g.desired_canaries and not g.promoted]
+    if not waiting:
+        return DEPLOYMENT_DESC_RUNNING
+    if all(g.auto_promote for g in waiting):
+        return DEPLOYMENT_DESC_AUTO_PROMOTION
+    return DEPLOYMENT_DESC_NEEDS_PROMOTION
+
+
 DEPLOYMENT_TERMINAL = (
     DeploymentStatus.SUCCESSFUL,
     DeploymentStatus.FAILED,

@@ -14,6 +14,7 @@ other half (success, failure, auto-revert, auto-promote).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from corral import structs
@@ -62,7 +63,14 @@ class GroupRollout:
     updates_allowed: int = 0
 
 
-def new_deployment(job: pb.Job, deployment_id: str) -> pb.Deployment:
+def new_deployment(
+    job: pb.Job, deployment_id: str, updating: Collection[str] = ()
+) -> pb.Deployment:
+    """The deployment of a new job version. Canaries only for the groups in
+    ``updating`` (those replacing allocations of an older version): a job's first
+    version, or a group with nothing of an older version left running, has nothing
+    to compare a canary with, so Nomad places none there (``requiresCanaries``
+    needs destructive updates) and places every allocation at once."""
     d = pb.Deployment(
         id=deployment_id,
         namespace=job.namespace,
@@ -71,7 +79,7 @@ def new_deployment(job: pb.Job, deployment_id: str) -> pb.Deployment:
         job_modify_index=job.job_modify_index,
         job_create_index=job.create_index,
         status=RUNNING,
-        status_description="Deployment is running",
+        status_description=structs.DEPLOYMENT_DESC_RUNNING,
     )
     for group in job.task_groups:
         if not rolling(job, group):
@@ -79,14 +87,19 @@ def new_deployment(job: pb.Job, deployment_id: str) -> pb.Deployment:
         u = group.update
         state = d.task_groups[group.name]
         state.desired_total = group.count
-        state.desired_canaries = u.canary
+        canaries = u.canary if group.name in updating else 0
+        state.desired_canaries = canaries
         state.auto_revert = u.auto_revert
         state.auto_promote = u.auto_promote
         state.progress_deadline = u.progress_deadline
-        state.promoted = u.canary == 0
-        if u.canary:
-            d.status_description = "Deployment is running but requires manual promotion"
+        state.promoted = canaries == 0
+    d.status_description = structs.running_deployment_description(d)
     return d
+
+
+def updating_groups(recs: list[tuple[str, GroupResult]]) -> set[str]:
+    """The groups whose placements replace allocations of an older version."""
+    return {name for name, rec in recs if any(p.kind == PLACE_UPDATE for p in rec.place)}
 
 
 def shape_group(

@@ -157,7 +157,7 @@ def compute_generic_plan(
         _followups(later, job, ev, builder, result, new_id)
 
     if dep is None and not job.stop and deploy.needs_deployment(job, recs):
-        dep = deploy.new_deployment(job, new_id())
+        dep = deploy.new_deployment(job, new_id(), deploy.updating_groups(recs))
         plan.deployment.CopyFrom(dep)
 
     ready: dict[str, bool] = {}

@@ -168,6 +168,15 @@ class FSM:
             return f"job {req.job_id!r} not found"
         if req.purge:
             txn.delete_job(req.namespace, req.job_id)
+            # As Nomad's DeleteJobTxn: the job's deployments go with it (a job
+            # registered again under the same ID starts its versions from 0).
+            txn.delete_deployments(
+                [
+                    d.id
+                    for d in txn.t.deployments.values()
+                    if d.namespace == req.namespace and d.job_id == req.job_id
+                ]
+            )
         elif not old.stop:
             job = pb.Job()
             job.CopyFrom(old)
@@ -544,6 +553,7 @@ class FSM:
         for name, group in d.task_groups.items():
             if not req.groups or name in req.groups:
                 group.promoted = True
+        d.status_description = structs.running_deployment_description(d)
         d.modify_index = txn.index
         txn.put_deployment(d)
         # Canaries become part of the deployment's steady state.

@@ -149,3 +149,36 @@ def live_versions_or_empty(agent: DevAgent, job_id: str) -> dict[str, int]:
     if out.returncode != 0:
         return {}
     return live_versions(agent, job_id)
+
+
+CANARY_UPDATE = """update {
+      canary           = 1
+      auto_promote     = true
+      max_parallel     = 1
+      min_healthy_time = "0s"
+      healthy_deadline = "30s"
+      progress_deadline = "60s"
+    }"""
+
+
+def test_a_first_version_with_canaries_completes(agent: DevAgent, tmp_path: Path) -> None:
+    """``canary = 1, auto_promote = true`` on a job's first version: Nomad places no
+    canary when no older version runs (nothing to compare with); ``job run``
+    returns once the deployment succeeded, with every allocation running. The next
+    version then goes through a canary, promoted by itself."""
+    path = tmp_path / "c0.hcl"
+    path.write_text(versioned_job("can", "c0", update=CANARY_UPDATE))
+    out = run_cli("job", "run", str(path), addr=agent.rpc_addr, timeout=90)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert live_versions(agent, "can") == {"c0": 2}
+    path = tmp_path / "c1.hcl"
+    path.write_text(versioned_job("can", "c1", update=CANARY_UPDATE))
+    out = run_cli("job", "run", str(path), addr=agent.rpc_addr, timeout=90)
+    assert out.returncode == 0, out.stdout + out.stderr
+    wait_for(lambda: live_versions(agent, "can") == {"c1": 2}, timeout=60)
+    deployments = cli_json(agent, "deployment", "list")
+    latest = max((d for d in deployments if d["JobID"] == "can"), key=lambda d: d["JobVersion"])
+    assert latest["Status"] == "successful"
+    assert latest["TaskGroups"]["g"]["DesiredCanaries"] == 1
+    assert latest["TaskGroups"]["g"]["Promoted"] is True
+    assert run_cli("job", "stop", "-purge", "can", addr=agent.rpc_addr).returncode == 0

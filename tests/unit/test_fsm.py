@@ -73,6 +73,27 @@ def test_deregister_stops_then_purge_deletes() -> None:
     assert fsm.state.job("default", "web") is None
 
 
+def test_purge_deletes_the_jobs_deployments_and_keeps_others() -> None:
+    """A job purged and registered again starts its versions from 0: deployments
+    of the purged incarnation must not pass for the new one's (Nomad deletes them)."""
+    fsm = new_fsm()
+    for job_id in ("web", "api"):
+        job = f.job(job_id=job_id)
+        register(fsm, job)
+        plan = pb.Plan()
+        plan.deployment.CopyFrom(
+            pb.Deployment(id=f"d-{job_id}", namespace="default", job_id=job_id, status="running")
+        )
+        fsm.apply(command(apply_plan=pb.ApplyPlanCommand(plan=plan)))
+    assert {d.id for d in fsm.state.deployments()} == {"d-web", "d-api"}
+    fsm.apply(
+        command(
+            job_deregister=pb.JobDeregisterCommand(namespace="default", job_id="web", purge=True)
+        )
+    )
+    assert {d.id for d in fsm.state.deployments()} == {"d-api"}
+
+
 def test_deregister_unknown_job_is_refused_without_change() -> None:
     fsm = new_fsm()
     res = fsm.apply(
