@@ -9,83 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import grpc
 import pytest
 
-from corral.proto import pb, rpc
-from tests.support.agent import AgentProcess, run_cli
-from tests.support.env import free_port
+from tests.support.agent import run_cli
+from tests.support.multinode import Client, ServerOnly
 from tests.support.wait import wait_for
-
-
-class ServerOnly(AgentProcess):
-    name = "server"
-
-    def __init__(self, base_dir: Path) -> None:
-        super().__init__(base_dir=base_dir / "server")
-        self.rpc_port, self.http_port, self.raft_port = free_port(), free_port(), free_port()
-
-    @property
-    def rpc_addr(self) -> str:
-        return f"127.0.0.1:{self.rpc_port}"
-
-    def build_args(self) -> list[str]:
-        return [
-            "--server",
-            "--data-dir",
-            str(self.base_dir / "data"),
-            "--rpc-port",
-            str(self.rpc_port),
-            "--http-port",
-            str(self.http_port),
-            "--raft-port",
-            str(self.raft_port),
-            "--min-heartbeat-ttl",
-            "1s",
-            "--heartbeat-grace",
-            "1s",
-        ]
-
-    def is_ready(self) -> bool:
-        try:
-            with grpc.insecure_channel(self.rpc_addr) as ch:
-                st = rpc.StatusServiceStub(ch).Status(pb.StatusRequest(), timeout=2)
-            return bool(st.leader)
-        except grpc.RpcError:
-            return False
-
-
-class Client(AgentProcess):
-    name = "client"
-
-    def __init__(self, base_dir: Path, server: ServerOnly, node_name: str, *extra: str) -> None:
-        super().__init__(extra, base_dir=base_dir / node_name)
-        self.server = server
-        self.node_name = node_name
-
-    def build_args(self) -> list[str]:
-        return [
-            "--client",
-            "--data-dir",
-            str(self.base_dir / "data"),
-            "--servers",
-            self.server.rpc_addr,
-            "--node-name",
-            self.node_name,
-            *self._args,
-        ]
-
-    def node(self) -> pb.Node | None:
-        with grpc.insecure_channel(self.server.rpc_addr) as ch:
-            nodes = rpc.NodeServiceStub(ch).List(pb.NodeListRequest(), timeout=5).nodes
-        return next((n for n in nodes if n.name == self.node_name), None)
-
-    def is_ready(self) -> bool:
-        try:
-            node = self.node()
-        except grpc.RpcError:
-            return False
-        return node is not None and node.status == "ready"
 
 
 def cli(server: ServerOnly, *args: str):  # type: ignore[no-untyped-def]
