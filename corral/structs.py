@@ -256,7 +256,11 @@ def canonicalize(job: pb.Job) -> None:
             group.reschedule_policy.CopyFrom(default_reschedule_policy(job.type))
         if job.type == JOB_TYPE_SERVICE and not group.HasField("migrate"):
             group.migrate.CopyFrom(default_migrate_strategy())
-        if job.type == JOB_TYPE_SERVICE and (job.HasField("update") or group.HasField("update")):
+        if job.type == JOB_TYPE_SERVICE:
+            # Every service group gets Nomad's default update strategy, with the
+            # job's and the group's update blocks over it (Nomad's api
+            # Job.Canonicalize): so every new version goes through a deployment,
+            # unless max_parallel = 0 says otherwise.
             merged = default_update_strategy()
             if job.HasField("update"):
                 _merge_nonzero(merged, job.update)

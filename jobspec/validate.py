@@ -77,6 +77,8 @@ def _job(out: _Problems, job: pb.Job) -> None:
     _placement(out, (), job.constraints, job.affinities, job.spreads)
     if _nonzero(job.update):
         out.gate("update", ())
+        if job_type == structs.JOB_TYPE_BATCH:
+            out.add((), 'job type "batch" does not allow an update block', ("update",))
         _update(out, ("update",), job.update)
     if not job.task_groups:
         out.add((), "no task groups: a job needs at least one group")
@@ -118,6 +120,9 @@ def _group(out: _Problems, job: pb.Job, job_type: str, group: pb.TaskGroup, wher
     if group.HasField("update") and _nonzero(group.update):
         if group.update != _merged_update(job):
             out.gate("update", where)
+        if job_type == structs.JOB_TYPE_BATCH and not _nonzero(job.update):
+            # Nomad: 'Job type "batch" does not allow update block'.
+            out.add(where, 'job type "batch" does not allow an update block', ("update",))
         _update(out, where + ("update",), group.update)
     out.negative(where, "shutdown_delay", group.shutdown_delay, duration=True)
     _services(out, where, group.services, labels)

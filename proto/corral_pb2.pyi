@@ -438,8 +438,12 @@ class UpdateStrategy(_message.Message):
     """optional: an explicit 0 means "no deployment" (Nomad), unset means the default 1."""
     health_check: _builtins.str
     min_healthy_time: _builtins.int
+    """optional: an explicit 0 is kept ("0s": healthy as soon as running), unset means
+    the default 10s.
+    """
     healthy_deadline: _builtins.int
     progress_deadline: _builtins.int
+    """optional: an explicit 0 means no progress deadline (Nomad), unset the default 10m."""
     auto_revert: _builtins.bool
     auto_promote: _builtins.bool
     canary: _builtins.int
@@ -449,20 +453,29 @@ class UpdateStrategy(_message.Message):
         stagger: _builtins.int = ...,
         max_parallel: _builtins.int | None = ...,
         health_check: _builtins.str = ...,
-        min_healthy_time: _builtins.int = ...,
+        min_healthy_time: _builtins.int | None = ...,
         healthy_deadline: _builtins.int = ...,
-        progress_deadline: _builtins.int = ...,
+        progress_deadline: _builtins.int | None = ...,
         auto_revert: _builtins.bool = ...,
         auto_promote: _builtins.bool = ...,
         canary: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_parallel", b"_max_parallel", "max_parallel", b"max_parallel"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_parallel", b"_max_parallel", "_min_healthy_time", b"_min_healthy_time", "_progress_deadline", b"_progress_deadline", "max_parallel", b"max_parallel", "min_healthy_time", b"min_healthy_time", "progress_deadline", b"progress_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_parallel", b"_max_parallel", "auto_promote", b"auto_promote", "auto_revert", b"auto_revert", "canary", b"canary", "health_check", b"health_check", "healthy_deadline", b"healthy_deadline", "max_parallel", b"max_parallel", "min_healthy_time", b"min_healthy_time", "progress_deadline", b"progress_deadline", "stagger", b"stagger"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_parallel", b"_max_parallel", "_min_healthy_time", b"_min_healthy_time", "_progress_deadline", b"_progress_deadline", "auto_promote", b"auto_promote", "auto_revert", b"auto_revert", "canary", b"canary", "health_check", b"health_check", "healthy_deadline", b"healthy_deadline", "max_parallel", b"max_parallel", "min_healthy_time", b"min_healthy_time", "progress_deadline", b"progress_deadline", "stagger", b"stagger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_parallel: _TypeAlias = _typing.Literal["max_parallel"]  # noqa: Y015
     _WhichOneofArgType__max_parallel: _TypeAlias = _typing.Literal["_max_parallel", b"_max_parallel"]  # noqa: Y015
+    _WhichOneofReturnType__min_healthy_time: _TypeAlias = _typing.Literal["min_healthy_time"]  # noqa: Y015
+    _WhichOneofArgType__min_healthy_time: _TypeAlias = _typing.Literal["_min_healthy_time", b"_min_healthy_time"]  # noqa: Y015
+    _WhichOneofReturnType__progress_deadline: _TypeAlias = _typing.Literal["progress_deadline"]  # noqa: Y015
+    _WhichOneofArgType__progress_deadline: _TypeAlias = _typing.Literal["_progress_deadline", b"_progress_deadline"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_parallel) -> _WhichOneofReturnType__max_parallel | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_healthy_time) -> _WhichOneofReturnType__min_healthy_time | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__progress_deadline) -> _WhichOneofReturnType__progress_deadline | None: ...
 
 Global___UpdateStrategy: _TypeAlias = UpdateStrategy  # noqa: Y015
 

@@ -182,3 +182,23 @@ def test_a_first_version_with_canaries_completes(agent: DevAgent, tmp_path: Path
     assert latest["TaskGroups"]["g"]["DesiredCanaries"] == 1
     assert latest["TaskGroups"]["g"]["Promoted"] is True
     assert run_cli("job", "stop", "-purge", "can", addr=agent.rpc_addr).returncode == 0
+
+
+def test_a_service_job_without_an_update_block_gets_a_deployment(
+    agent: DevAgent, tmp_path: Path
+) -> None:
+    """Nomad gives every service job its default update strategy (max_parallel 1,
+    min_healthy_time 10s, ...): its versions go through deployments, and ``job run``
+    follows the deployment to its end."""
+    path = tmp_path / "plain.hcl"
+    path.write_text(versioned_job("plain", "v0"))
+    out = run_cli("job", "run", str(path), addr=agent.rpc_addr, timeout=90)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert 'Deployment "' in out.stdout and "successful" in out.stdout
+    job = cli_json(agent, "job", "inspect", "plain")
+    job = job.get("Job", job)
+    update = job["TaskGroups"][0]["Update"]
+    assert update["MaxParallel"] == 1 and update["MinHealthyTime"] == 10_000_000_000
+    (dep,) = [d for d in cli_json(agent, "deployment", "list") if d["JobID"] == "plain"]
+    assert dep["Status"] == "successful" and dep["TaskGroups"]["g"]["DesiredTotal"] == 2
+    assert run_cli("job", "stop", "-purge", "plain", addr=agent.rpc_addr).returncode == 0

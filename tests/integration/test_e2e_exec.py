@@ -130,8 +130,11 @@ job "broken" {
 }
 """
     )
+    # A service job gets a deployment (Nomad's default update strategy); `job run`
+    # follows it, and its only allocation failing fails it: exit 1, saying why.
     run = cli(agent, "job", "run", str(job))
-    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "failed: Failed due to unhealthy allocations" in run.stdout
 
     def failed() -> dict | None:  # type: ignore[type-arg]
         allocs = job_status(agent, "broken")["Allocations"]

@@ -53,7 +53,12 @@ def job(
     driver: str = "mock",
     ports: tuple[str, ...] = ("http",),
     job_type: str = structs.JOB_TYPE_SERVICE,
+    deployment: bool = False,
 ) -> pb.Job:
+    """A canonical job. Without ``deployment`` a service group says
+    ``update { max_parallel = 0 }`` (Nomad's "no deployment": updates all at once),
+    which most scheduler tests are about; with it, Nomad's default update strategy
+    (every service job gets one) applies."""
     j = pb.Job(id=job_id, type=job_type)
     g = j.task_groups.add(name="web", count=count)
     if ports:
@@ -70,6 +75,8 @@ def job(
     else:
         t.config.update({"run_for": "1h"})
     structs.canonicalize(j)
+    if job_type == structs.JOB_TYPE_SERVICE and not deployment:
+        g.update.max_parallel = 0
     return j
 
 

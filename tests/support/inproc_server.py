@@ -314,10 +314,13 @@ def sample_job(
     group: str = "web",
     constraints: tuple[tuple[str, str, str], ...] = (),
 ) -> pb.Job:
-    """A small service job with one group, a dynamic "http" port and mock tasks (for
-    either server: it is what the job file of a CLI test would say)."""
+    """A small service job with one group, a dynamic "http" port, mock tasks and no
+    deployment (for either server: it is what the job file of a CLI test would say)."""
     job = pb.Job(id=job_id, name=job_id, type="service", datacenters=["dc1"])
     tg = job.task_groups.add(name=group, count=count)
+    # No deployment (Nomad's explicit opt-out): the CLI tests watch evaluations;
+    # deployments have their own tests.
+    tg.update.max_parallel = 0
     tg.networks.add(mode="host").dynamic_ports.add(label="http", to=8080)
     for name in tasks:
         task = tg.tasks.add(name=name, driver="mock")

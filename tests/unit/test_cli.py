@@ -198,6 +198,9 @@ job "hello" {
   datacenters = ["dc1"]
   group "web" {
     count = 2
+    update {
+      max_parallel = 0  # no deployment: these tests watch the evaluation only
+    }
     network {
       port "http" { to = 8080 }
     }

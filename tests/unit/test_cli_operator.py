@@ -35,6 +35,9 @@ job "web" {{
   {constraint}
   group "web" {{
     count = {count}
+    update {{
+      max_parallel = 0  # no deployment: these tests watch the evaluation only
+    }}
     task "server" {{
       driver = "mock"
       resources {{

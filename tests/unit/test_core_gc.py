@@ -161,8 +161,7 @@ def test_system_gc_on_a_server_reaps_a_finished_batch_job() -> None:
     try:
         assert server.wait_leader(5)
         server.register_node(f.node())
-        job = f.job(count=2)
-        job.type = structs.JOB_TYPE_BATCH
+        job = f.job(count=2, job_type=structs.JOB_TYPE_BATCH)
         server.register_job(job)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and len(server.state.allocs()) < 2:

@@ -404,3 +404,44 @@ def test_every_problem_is_reported_at_once() -> None:
     ]
     assert info.value.problems[0] == 'unknown job type "cron" (expected service, batch or system)'
     assert (info.value.line, info.value.col) == (2, 3)
+
+
+# ---------------------------------------------------------------- update defaults (Nomad's)
+
+
+def test_a_service_group_without_update_gets_nomads_default_strategy() -> None:
+    job = minimal()
+    structs.canonicalize(job)
+    update = job.task_groups[0].update
+    assert update == structs.default_update_strategy()
+    assert update.max_parallel == 1 and update.min_healthy_time == 10 * structs.SECOND
+
+
+def test_explicit_zeros_of_update_are_kept() -> None:
+    """Nomad gives an explicit 0 a meaning (no deployment; healthy once running; no
+    progress deadline): canonicalize must not replace it with the default."""
+    job = minimal()
+    job.task_groups[0].update.max_parallel = 0
+    job.task_groups[0].update.min_healthy_time = 0
+    job.task_groups[0].update.progress_deadline = 0
+    structs.canonicalize(job)
+    update = job.task_groups[0].update
+    assert (update.max_parallel, update.min_healthy_time, update.progress_deadline) == (0, 0, 0)
+    assert update.healthy_deadline == 5 * structs.MINUTE  # unset: the default
+
+
+def test_hcl_zero_durations_of_update_are_kept() -> None:
+    job = jobspec.parse(hcl(group_body='update {\n min_healthy_time = "0s"\n }'), "job.hcl")
+    assert job.task_groups[0].update.HasField("min_healthy_time")
+    assert job.task_groups[0].update.min_healthy_time == 0
+
+
+@pytest.mark.parametrize("where", ["group", "job"], ids=["group update block", "job update block"])
+def test_a_batch_job_may_not_have_an_update_block(where: str) -> None:
+    block = "update {\n max_parallel = 2\n }"
+    text = hcl(
+        group_body=block if where == "group" else "",
+        job_body='type = "batch"\n' + (block if where == "job" else ""),
+    )
+    problems = problems_of(text)
+    assert any('job type "batch" does not allow an update block' in p for p in problems), problems
