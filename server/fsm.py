@@ -15,6 +15,7 @@ from typing import Any
 
 from corral import structs
 from corral.proto import pb
+from corral.server.fsm_deployments import count_health, plan_deployment, set_deployment_status
 from corral.server.state import StateSnapshot, StateStore, Tables, _WriteTxn
 
 log = logging.getLogger(__name__)
@@ -290,7 +291,7 @@ class FSM:
                 alloc.deployment_status.CopyFrom(upd.deployment_status)
                 alloc.deployment_status.canary = canary  # the server decides canaries
                 alloc.deployment_status.modify_index = txn.index
-                self._deployment_health(txn, old, alloc, cmd.now)
+                count_health(txn, old, alloc, cmd.now)
             alloc.modify_index = txn.index
             alloc.modify_time = cmd.now
             updated.append(alloc)
@@ -385,7 +386,7 @@ class FSM:
             alloc.modify_index = txn.index
             alloc.modify_time = cmd.now
         txn.put_allocs(work.values())
-        self._plan_deployment(txn, plan, cmd.now, joined)
+        plan_deployment(txn, plan, cmd.now, joined)
         # A lost allocation's client cannot deregister its services: do it here.
         lost = {a.id for a in work.values() if a.client_status == structs.ALLOC_CLIENT_LOST}
         self._drop_services_of(txn, lost)
@@ -436,94 +437,12 @@ class FSM:
             register.job_register.eval.CopyFrom(req.eval)
         return self._job_register(txn, register)
 
-    def _plan_deployment(
-        self, txn: _WriteTxn, plan: pb.Plan, now: int, joined: dict[str, str] | None = None
-    ) -> None:
-        """Create/update the plan's deployment, and count the allocations any plan
-        places into their deployment (the counters belong to the FSM)."""
-        for upd in plan.deployment_updates:
-            self._set_deployment_status(txn, upd, now)
-        touched: dict[str, pb.Deployment] = {}
-        if plan.HasField("deployment"):
-            old = txn.t.deployments.get(plan.deployment.id)
-            if old is None:
-                d = pb.Deployment()
-                d.CopyFrom(plan.deployment)
-                d.create_index = txn.index
-                touched[d.id] = d
-        for lst in plan.node_allocation.values():
-            for alloc in lst.allocs:
-                if not alloc.deployment_id:
-                    continue
-                stored = txn.t.allocs.get(alloc.id)
-                if stored is None:
-                    continue
-                if stored.create_index != txn.index and alloc.id not in (joined or {}):
-                    continue  # neither placed by this plan nor moved into the deployment
-                found = touched.get(alloc.deployment_id)
-                if found is None:
-                    existing = txn.t.deployments.get(alloc.deployment_id)
-                    if existing is None:
-                        continue
-                    found = pb.Deployment()
-                    found.CopyFrom(existing)
-                    touched[found.id] = found
-                d = found
-                group = d.task_groups[alloc.task_group]
-                group.placed_allocs += 1
-                if alloc.deployment_status.canary:
-                    group.placed_canaries.append(alloc.id)
-                if not group.require_progress_by and group.progress_deadline:
-                    group.require_progress_by = now + group.progress_deadline
-        for d in touched.values():
-            d.modify_index = txn.index
-            txn.put_deployment(d)
-
-    def _set_deployment_status(
-        self, txn: _WriteTxn, upd: pb.DeploymentStatusUpdate, now: int
-    ) -> bool:
-        old = txn.t.deployments.get(upd.deployment_id)
-        if old is None:
-            return False
-        d = pb.Deployment()
-        d.CopyFrom(old)
-        d.status = upd.status
-        d.status_description = upd.status_description
-        d.modify_index = txn.index
-        txn.put_deployment(d)
-        return True
-
-    def _deployment_health(
-        self, txn: _WriteTxn, before: pb.Allocation, after: pb.Allocation, now: int
-    ) -> None:
-        """Count an allocation's first health verdict into its deployment."""
-        if not after.deployment_id or not after.HasField("deployment_status"):
-            return
-        if not after.deployment_status.HasField("healthy"):
-            return
-        if before.HasField("deployment_status") and before.deployment_status.HasField("healthy"):
-            return  # already counted
-        old = txn.t.deployments.get(after.deployment_id)
-        if old is None or old.status != structs.DeploymentStatus.RUNNING:
-            return
-        d = pb.Deployment()
-        d.CopyFrom(old)
-        group = d.task_groups[after.task_group]
-        if after.deployment_status.healthy:
-            group.healthy_allocs += 1
-            if group.progress_deadline:
-                group.require_progress_by = now + group.progress_deadline
-        else:
-            group.unhealthy_allocs += 1
-        d.modify_index = txn.index
-        txn.put_deployment(d)
-
     def _deployment_status(self, txn: _WriteTxn, cmd: pb.Command) -> str:
         req = cmd.deployment_status
         d = txn.t.deployments.get(req.update.deployment_id)
         if d is None:
             return f"deployment {req.update.deployment_id} not found"
-        self._set_deployment_status(txn, req.update, cmd.now)
+        set_deployment_status(txn, req.update, cmd.now)
         if req.mark_stable:
             versions = txn.t.job_versions.get((d.namespace, d.job_id), ())
             for v in versions:
