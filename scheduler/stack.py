@@ -10,9 +10,10 @@ every placement and Python pays for every call and every message traversal:
   job's footprint per node (for ``distinct_hosts`` and job anti-affinity).
 - ``GroupStack`` (one per task group) caches which nodes pass the group's static
   checks (constraints, drivers) and its affinity score per node, tracks property
-  counts for ``distinct_property`` and ``spread``, and scores candidates:
-  binpack (or worst fit with the ``spread`` algorithm), job anti-affinity, the
-  rescheduling penalty, affinity and spread, averaged over the components present.
+  counts for ``distinct_property`` and ``spread`` (``PropertySet``, in
+  ``propertyset.py``), and scores candidates: binpack (or worst fit with the
+  ``spread`` algorithm), job anti-affinity, the rescheduling penalty, affinity and
+  spread, averaged over the components present.
 
 Like Nomad's LimitIterator, ``select`` stops after ``limit`` nodes that fit
 (max(2, ceil(log2 n)) for services, 2 for batch, max(count, 100) with affinities or
@@ -27,24 +28,19 @@ import math
 import random
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from corral import structs
 from corral.proto import pb
 
 from .common import SchedulerState
-from .constraints import (
-    DISTINCT_PROPERTY,
-    Resolver,
-    compile_affinity,
-    resolver,
-)
+from .constraints import DISTINCT_PROPERTY, compile_affinity
 from .feasible import (
     StaticChecker,
     datacenter_matches,
     distinct_hosts_scope,
     group_constraints,
 )
+from .propertyset import IMPLICIT_TARGET, PropertySet, SpreadInfo, even_spread_boost
 from .rank import GroupAsk, NodeUsage
 
 # Nomad skips up to this many nodes whose score is at or below the threshold.
@@ -52,8 +48,6 @@ MAX_SKIP = 3
 SKIP_SCORE_THRESHOLD = 0.0
 # With affinities or spreads, Nomad scores at least this many nodes.
 AFFINITY_SPREAD_MIN_LIMIT = 100
-# Spread targets' implicit bucket for every value not named.
-IMPLICIT_TARGET = "*"
 
 FILTER_DISTINCT_HOSTS = "distinct_hosts"
 
@@ -70,59 +64,6 @@ def sample_limit(job_type: str, pool_size: int) -> int:
     if job_type == structs.JOB_TYPE_BATCH:
         return 2
     return max(2, math.ceil(math.log2(pool_size))) if pool_size > 0 else 2
-
-
-class PropertySet:
-    """How many of the job's (or group's) allocations use each value of a node
-    property, counting the plan's own stops and placements (Nomad's propertySet)."""
-
-    __slots__ = ("attribute", "group", "targets", "counts", "_resolve", "_values", "_range")
-
-    def __init__(self, attribute: str, group: str, targets: frozenset[str] = frozenset()):
-        self.attribute = attribute
-        self.group = group  # "" = every group of the job
-        self.targets = targets
-        self.counts: dict[str, int] = {}
-        self._resolve: Resolver = resolver(attribute)
-        self._values: dict[str, tuple[str, bool]] = {}
-        self._range: tuple[int, int] | None = None
-
-    def count_range(self) -> tuple[int, int]:
-        """(fewest, most) allocations over the values in use; cached until a change."""
-        if self._range is None:
-            values = self.counts.values()
-            self._range = (min(values), max(values)) if values else (0, 0)
-        return self._range
-
-    def value_of(self, node: pb.Node) -> tuple[str, bool]:
-        """The node's value, folded into "*" when spread targets do not name it."""
-        hit = self._values.get(node.id)
-        if hit is None:
-            value, found = self._resolve(node)
-            if found and self.targets and value not in self.targets:
-                value = IMPLICIT_TARGET
-            hit = self._values[node.id] = (value, found)
-        return hit
-
-    def update(self, group: str, node: pb.Node | None, delta: int) -> None:
-        if node is None or (self.group and group != self.group):
-            return
-        value, found = self.value_of(node)
-        if not found:
-            return
-        n = self.counts.get(value, 0) + delta
-        if n > 0:
-            self.counts[value] = n
-        else:
-            self.counts.pop(value, None)
-        self._range = None
-
-
-@dataclass(slots=True)
-class SpreadInfo:
-    pset: PropertySet
-    weight: int
-    desired: dict[str, float]  # empty: spread evenly over the values seen
 
 
 class Placer:
@@ -392,7 +333,7 @@ class GroupStack:
                 total -= 1.0
                 continue
             if not sp.desired:
-                total += _even_spread_boost(sp.pset, value)
+                total += even_spread_boost(sp.pset, value)
                 continue
             desired = sp.desired.get(value)
             if desired is None:
@@ -595,21 +536,6 @@ class GroupStack:
         placer.placed.append((self.name, node_id))
         for ps in placer.psets:
             ps.update(self.name, node, 1)
-
-
-def _even_spread_boost(pset: PropertySet, value: str) -> float:
-    """Nomad's ``evenSpreadScoreBoost``: favour the values with the fewest allocations."""
-    if not pset.counts:
-        return 0.0
-    current = pset.counts.get(value, 0)
-    lo, hi = pset.count_range()
-    if current != lo:
-        return (lo - current) / lo if lo else -1.0
-    if lo == hi:
-        return -1.0
-    if lo == 0:
-        return 1.0
-    return (hi - lo) / lo
 
 
 def _template(job: pb.Job, group: pb.TaskGroup) -> pb.Allocation:
