@@ -169,8 +169,13 @@ class FSM:
             return f"job {req.job_id!r} not found"
         if req.purge:
             txn.delete_job(req.namespace, req.job_id)
-            # As Nomad's DeleteJobTxn: the job's deployments go with it (a job
-            # registered again under the same ID starts its versions from 0).
+            # As Nomad's DeleteJobTxn: the job's allocations and deployments go with
+            # it (a job registered again under the same ID starts its versions from
+            # 0, and must not take the old ones for its own). Clients stop the
+            # allocations they no longer see.
+            gone = list(txn.t.allocs_by_job.get(key, ()))
+            txn.delete_allocs(gone)
+            self._drop_services_of(txn, set(gone))
             txn.delete_deployments(
                 [
                     d.id

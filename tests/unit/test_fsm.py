@@ -73,7 +73,7 @@ def test_deregister_stops_then_purge_deletes() -> None:
     assert fsm.state.job("default", "web") is None
 
 
-def test_purge_deletes_the_jobs_deployments_and_keeps_others() -> None:
+def test_purge_deletes_the_jobs_allocations_and_deployments_and_keeps_others() -> None:
     """A job purged and registered again starts its versions from 0: deployments
     of the purged incarnation must not pass for the new one's (Nomad deletes them)."""
     fsm = new_fsm()
@@ -86,12 +86,22 @@ def test_purge_deletes_the_jobs_deployments_and_keeps_others() -> None:
         )
         fsm.apply(command(apply_plan=pb.ApplyPlanCommand(plan=plan)))
     assert {d.id for d in fsm.state.deployments()} == {"d-web", "d-api"}
+    for job_id in ("web", "api"):
+        alloc = pb.Allocation(
+            id=f"a-{job_id}", namespace="default", job_id=job_id, node_id="n1", desired_status="run"
+        )
+        plan = pb.Plan()
+        plan.node_allocation["n1"].allocs.append(alloc)
+        fsm.apply(command(apply_plan=pb.ApplyPlanCommand(plan=plan)))
+    assert {a.id for a in fsm.state.allocs()} == {"a-web", "a-api"}
     fsm.apply(
         command(
             job_deregister=pb.JobDeregisterCommand(namespace="default", job_id="web", purge=True)
         )
     )
     assert {d.id for d in fsm.state.deployments()} == {"d-api"}
+    assert {a.id for a in fsm.state.allocs()} == {"a-api"}
+    assert fsm.state.allocs_by_job("default", "web") == []
 
 
 def test_deregister_unknown_job_is_refused_without_change() -> None:
