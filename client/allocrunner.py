@@ -66,6 +66,7 @@ class AllocRunner:
         self._lock = threading.Lock()
         self.killed = False
         self._stopping = False
+        self._cascaded: set[str] = set()  # tasks whose end already killed the group
         self._stopper: threading.Thread | None = None
         self.services = AllocServices(
             alloc,
@@ -181,11 +182,21 @@ class AllocRunner:
         return {name: tr.state for name, tr in self.tasks.items()}
 
     def _task_changed(self, tr: TaskRunner) -> None:
-        # A failed task with siblings: kill the rest (Nomad kills the group).
-        if tr.dead and tr.state.failed and not self.killed:
-            for other in self.tasks.values():
-                if other is not tr and not other.dead:
-                    other.kill()
+        # A failed task, or a leader task that ended: the rest of the group is
+        # killed, each told why first (Nomad's handleTaskStateUpdates).
+        if tr.dead and not self.killed and tr.task.name not in self._cascaded:
+            if tr.state.failed:
+                why = (structs.EVENT_SIBLING_FAILED, f'Task\'s sibling "{tr.task.name}" failed')
+            elif tr.task.leader:
+                why = (structs.EVENT_LEADER_DEAD, "Leader Task in Group dead")
+            else:
+                why = None
+            if why is not None:
+                self._cascaded.add(tr.task.name)
+                for other in self.tasks.values():
+                    if other is not tr and not other.dead:
+                        other.add_event(*why)
+                        other.kill()
         run_hooks(self.hooks, "tasks_changed", self._states())
         self._on_update(self)
 

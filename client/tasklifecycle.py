@@ -241,7 +241,7 @@ class TaskLifecycle:
                             f"Sent interrupt. Waiting {event.timeout_s:g}s before force killing",
                         )
                     )
-                    out.append(StopTask(event.timeout_s, event.signal))
+                    out.append(StopTask(event.timeout_s, event.signal, wait_exit=True))
                 elif self.phase in (Phase.DELAYING, Phase.PENDING, Phase.STARTING):
                     # STARTING: the runner answers a start with this when the kill
                     # came first, instead of starting.
@@ -279,6 +279,9 @@ class TaskLifecycle:
             )
             self._dead(out, failed=True)
             return
+        if event.first_run:
+            # Nomad's task_dir_hook: once per task, before its first start.
+            out.append(Emit(structs.EVENT_SETUP, "Building Task Directory"))
         self._try_start(out)
 
     def _try_start(self, out: list[Action]) -> None:
@@ -290,6 +293,8 @@ class TaskLifecycle:
 
     def _stopped(self, event: Stopped, now_ns: int, out: list[Action]) -> None:
         if self.phase == Phase.KILLING:
+            if event.result is not None:  # Nomad: Killing, Terminated, Killed
+                out.append(self._terminated(event.result))
             out.append(Emit(structs.EVENT_KILLED, "Task successfully killed"))
             out.append(DestroyTask())
             self._dead(out, failed=False)
@@ -298,15 +303,7 @@ class TaskLifecycle:
             return
         req, self._restart = self._restart, None
         if event.result is not None:
-            out.append(
-                Emit(
-                    structs.EVENT_TERMINATED,
-                    exit_message(
-                        ExitResult(exit_code=event.result.exit_code, signal=event.result.signal)
-                    ),
-                    {"exit_code": event.result.exit_code, "signal": event.result.signal},
-                )
-            )
+            out.append(self._terminated(event.result))
         out.append(DestroyTask())
         delay = 0
         if req is not None and req.failure:
@@ -316,6 +313,16 @@ class TaskLifecycle:
                 return
             delay = verdict.delay_ns
         self._delay(out, delay)
+
+    @staticmethod
+    def _terminated(result: ExitResult) -> Emit:
+        """How a stopped task ended (exit code and signal only: a stop's own error
+        is not the task's)."""
+        return Emit(
+            structs.EVENT_TERMINATED,
+            exit_message(ExitResult(exit_code=result.exit_code, signal=result.signal)),
+            {"exit_code": result.exit_code, "signal": result.signal},
+        )
 
     def _delay(self, out: list[Action], delay_ns: int) -> None:
         out.append(

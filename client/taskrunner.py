@@ -156,6 +156,11 @@ class TaskRunner:
                 "handle": self.handle.to_dict() if self.handle else None,
             }
 
+    def add_event(self, etype: str, message: str) -> None:
+        """Record a task event decided by the alloc runner (a sibling failed, the
+        leader died) before it kills this task."""
+        self._event(etype, message)
+
     # ------------------------------------------------------------ state
     def _event(self, etype: str, message: str = "", **extra: Any) -> None:
         with self._lock:

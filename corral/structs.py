@@ -167,6 +167,8 @@ EVENT_KILLED = "Killed"
 EVENT_RESTARTING = "Restarting"
 EVENT_NOT_RESTARTING = "Not Restarting"
 EVENT_RESTART_SIGNAL = "Restart Signaled"
+EVENT_LEADER_DEAD = "Leader Task Dead"
+EVENT_SIBLING_FAILED = "Sibling Task Failed"
 
 
 def new_id() -> str:

@@ -1531,6 +1531,7 @@ class Allocation(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     MODIFY_TIME_FIELD_NUMBER: _builtins.int
     ALLOC_INDEX_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     namespace: _builtins.str
     eval_id: _builtins.str
@@ -1572,6 +1573,10 @@ class Allocation(_message.Message):
     def deployment_status(self) -> Global___AllocDeploymentStatus: ...
     @_builtins.property
     def reschedule_tracker(self) -> Global___RescheduleTracker: ...
+    @_builtins.property
+    def metrics(self) -> Global___AllocMetric:
+        """How the scheduler chose the node (kept for groups with affinities or spreads)."""
+
     def __init__(
         self,
         *,
@@ -1604,10 +1609,11 @@ class Allocation(_message.Message):
         create_time: _builtins.int = ...,
         modify_time: _builtins.int = ...,
         alloc_index: _builtins.int = ...,
+        metrics: Global___AllocMetric | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["allocated_resources", b"allocated_resources", "deployment_status", b"deployment_status", "desired_transition", b"desired_transition", "job", b"job", "reschedule_tracker", b"reschedule_tracker"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocated_resources", b"allocated_resources", "deployment_status", b"deployment_status", "desired_transition", b"desired_transition", "job", b"job", "metrics", b"metrics", "reschedule_tracker", b"reschedule_tracker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_index", b"alloc_index", "alloc_modify_index", b"alloc_modify_index", "allocated_resources", b"allocated_resources", "client_description", b"client_description", "client_status", b"client_status", "create_index", b"create_index", "create_time", b"create_time", "deployment_id", b"deployment_id", "deployment_status", b"deployment_status", "desired_description", b"desired_description", "desired_status", b"desired_status", "desired_transition", b"desired_transition", "eval_id", b"eval_id", "followup_eval_id", b"followup_eval_id", "id", b"id", "job", b"job", "job_id", b"job_id", "job_version", b"job_version", "modify_index", b"modify_index", "modify_time", b"modify_time", "name", b"name", "namespace", b"namespace", "next_allocation", b"next_allocation", "node_id", b"node_id", "node_name", b"node_name", "previous_allocation", b"previous_allocation", "reschedule_tracker", b"reschedule_tracker", "task_group", b"task_group", "task_states", b"task_states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alloc_index", b"alloc_index", "alloc_modify_index", b"alloc_modify_index", "allocated_resources", b"allocated_resources", "client_description", b"client_description", "client_status", b"client_status", "create_index", b"create_index", "create_time", b"create_time", "deployment_id", b"deployment_id", "deployment_status", b"deployment_status", "desired_description", b"desired_description", "desired_status", b"desired_status", "desired_transition", b"desired_transition", "eval_id", b"eval_id", "followup_eval_id", b"followup_eval_id", "id", b"id", "job", b"job", "job_id", b"job_id", "job_version", b"job_version", "metrics", b"metrics", "modify_index", b"modify_index", "modify_time", b"modify_time", "name", b"name", "namespace", b"namespace", "next_allocation", b"next_allocation", "node_id", b"node_id", "node_name", b"node_name", "previous_allocation", b"previous_allocation", "reschedule_tracker", b"reschedule_tracker", "task_group", b"task_group", "task_states", b"task_states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1730,6 +1736,7 @@ class AllocMetric(_message.Message):
     DIMENSION_EXHAUSTED_FIELD_NUMBER: _builtins.int
     COALESCED_FAILURES_FIELD_NUMBER: _builtins.int
     ALLOCATION_TIME_FIELD_NUMBER: _builtins.int
+    SCORE_META_DATA_FIELD_NUMBER: _builtins.int
     nodes_evaluated: _builtins.int
     nodes_filtered: _builtins.int
     nodes_in_pool: _builtins.int
@@ -1746,6 +1753,13 @@ class AllocMetric(_message.Message):
     def class_exhausted(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
     def dimension_exhausted(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def score_meta_data(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeScoreMeta]:
+        """The best nodes the ranking saw, best first (Nomad keeps 5), with each scorer's
+        part ("binpack", "job-anti-affinity", "node-reschedule-penalty",
+        "node-affinity", "allocation-spread") and the normalized score.
+        """
+
     def __init__(
         self,
         *,
@@ -1760,14 +1774,61 @@ class AllocMetric(_message.Message):
         dimension_exhausted: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         coalesced_failures: _builtins.int = ...,
         allocation_time: _builtins.int = ...,
+        score_meta_data: _abc.Iterable[Global___NodeScoreMeta] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_time", b"allocation_time", "class_exhausted", b"class_exhausted", "class_filtered", b"class_filtered", "coalesced_failures", b"coalesced_failures", "constraint_filtered", b"constraint_filtered", "dimension_exhausted", b"dimension_exhausted", "nodes_available", b"nodes_available", "nodes_evaluated", b"nodes_evaluated", "nodes_exhausted", b"nodes_exhausted", "nodes_filtered", b"nodes_filtered", "nodes_in_pool", b"nodes_in_pool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_time", b"allocation_time", "class_exhausted", b"class_exhausted", "class_filtered", b"class_filtered", "coalesced_failures", b"coalesced_failures", "constraint_filtered", b"constraint_filtered", "dimension_exhausted", b"dimension_exhausted", "nodes_available", b"nodes_available", "nodes_evaluated", b"nodes_evaluated", "nodes_exhausted", b"nodes_exhausted", "nodes_filtered", b"nodes_filtered", "nodes_in_pool", b"nodes_in_pool", "score_meta_data", b"score_meta_data"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AllocMetric: _TypeAlias = AllocMetric  # noqa: Y015
+
+@_typing.final
+class NodeScoreMeta(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ScoresEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    NORM_SCORE_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    norm_score: _builtins.float
+    @_builtins.property
+    def scores(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        scores: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        norm_score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "norm_score", b"norm_score", "scores", b"scores"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeScoreMeta: _TypeAlias = NodeScoreMeta  # noqa: Y015
 
 @_typing.final
 class Evaluation(_message.Message):

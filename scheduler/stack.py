@@ -24,6 +24,7 @@ pass (``explain``) that fills an ``AllocMetric``; the fast path records nothing.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import weakref
@@ -45,6 +46,8 @@ from .rank import GroupAsk, NodeUsage
 
 # Nomad skips up to this many nodes whose score is at or below the threshold.
 MAX_SKIP = 3
+# Nomad's MaxRetainedNodeScores: how many nodes' scores an allocation keeps.
+MAX_SCORE_META = 5
 SKIP_SCORE_THRESHOLD = 0.0
 # With affinities or spreads, Nomad scores at least this many nodes.
 AFFINITY_SPREAD_MIN_LIMIT = 100
@@ -262,6 +265,8 @@ class GroupStack:
         self.affinities = [compile_affinity(a) for a in affinities]
         self.aff_weight = sum(abs(a.weight) for a in self.affinities)
         self.aff_scores: list[float | None] = [None] * n
+        # The last select()'s best nodes, for place(): (node ID, scores, normalized).
+        self.score_meta: list[tuple[str, dict[str, float], float]] = []
 
         self.spreads: list[SpreadInfo] = []
         for sp in list(group.spreads) + list(job.spreads):
@@ -381,6 +386,11 @@ class GroupStack:
         skipped: list[tuple[float, int]] = []
         best: int | None = None
         best_score = -math.inf
+        # Nomad's AllocMetric.ScoreMetaData (the top 5 nodes with each scorer's
+        # part), kept where the ranking has something to explain: groups with
+        # affinities or spreads. Plain binpack skips it (the C1M hot loop).
+        record = affinities or spreads
+        top: list[tuple[float, int, int, dict[str, float]]] = []
         for _ in range(n):
             i = offset
             offset += 1
@@ -426,10 +436,10 @@ class GroupStack:
                 score -= 1.0
                 parts += 1
             if affinities:
+                # Counted even when 0, as Nomad's NodeAffinityIterator does.
                 a = self.affinity_score(i)
-                if a:
-                    score += a
-                    parts += 1
+                score += a
+                parts += 1
             if spreads:
                 s = self.spread_score(pool[i])
                 if s:
@@ -437,6 +447,8 @@ class GroupStack:
                     parts += 1
             if parts > 1:
                 score /= parts
+            if record:
+                self._record(top, i, score, fit, collisions, penalty, node_id, desired)
             if score <= SKIP_SCORE_THRESHOLD and len(skipped) < MAX_SKIP:
                 skipped.append((score, i))
                 continue
@@ -452,7 +464,40 @@ class GroupStack:
                 if score > best_score:
                     best_score = score
                     best = i
+        if record:
+            self.score_meta = [
+                (pool[i].id, scores, norm) for norm, _, i, scores in sorted(top, reverse=True)
+            ]
         return best
+
+    def _record(
+        self,
+        top: list[tuple[float, int, int, dict[str, float]]],
+        i: int,
+        score: float,
+        fit: float,
+        collisions: int | None,
+        penalty: frozenset[str],
+        node_id: str,
+        desired: float,
+    ) -> None:
+        """Keep node ``i``'s scores if it is among the best ``MAX_SCORE_META`` so far."""
+        scores = {"binpack": fit}
+        if collisions:
+            scores["job-anti-affinity"] = -(collisions + 1) / desired
+        if penalty and node_id in penalty:
+            scores["node-reschedule-penalty"] = -1.0
+        if self.affinities:
+            scores["node-affinity"] = self.affinity_score(i)
+        if self.spreads:
+            s = self.spread_score(self.placer.pool[i])
+            if s:
+                scores["allocation-spread"] = s
+        item = (score, -i, i, scores)
+        if len(top) < MAX_SCORE_META:
+            heapq.heappush(top, item)
+        elif item > top[0]:
+            heapq.heapreplace(top, item)
 
     def fit_reason(self, i: int) -> tuple[str, str]:
         """Why pool node ``i`` cannot take an allocation now: (filter reason,
@@ -536,6 +581,10 @@ class GroupStack:
         placer.placed.append((self.name, node_id))
         for ps in placer.psets:
             ps.update(self.name, node, 1)
+        if self.score_meta:
+            metas = alloc.metrics.score_meta_data
+            for meta_node, scores, norm in self.score_meta:
+                metas.add(node_id=meta_node, scores=scores, norm_score=norm)
 
 
 def _template(job: pb.Job, group: pb.TaskGroup) -> pb.Allocation:

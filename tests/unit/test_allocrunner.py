@@ -93,6 +93,10 @@ def test_a_failed_task_kills_its_siblings(driver: RecordingDriver, tmp_path: Pat
     assert status(ar) == structs.ALLOC_CLIENT_FAILED
     side = ar.tasks["sidecar"].state
     assert not side.failed and side.events[-1].type == structs.EVENT_KILLED
+    told = [e for e in side.events if e.type == structs.EVENT_SIBLING_FAILED]
+    assert len(told) == 1 and told[0].message == 'Task\'s sibling "web" failed'
+    types = [e.type for e in side.events]
+    assert types.index(structs.EVENT_SIBLING_FAILED) < types.index(structs.EVENT_KILLING)
     ar.wait(5)
 
 

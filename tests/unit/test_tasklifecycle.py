@@ -79,7 +79,7 @@ def run(m: TaskLifecycle, script: list[tuple[Event, list[str]]]) -> None:
 OK = ExitResult(exit_code=0)
 ONE = ExitResult(exit_code=1)
 RUNNING = ["state:running", "emit:Started"]
-RECEIVED_START = ["emit:Received", "start"]
+RECEIVED_START = ["emit:Received", "emit:Task Setup", "start"]
 
 
 def test_a_batch_task_runs_once_and_completes() -> None:
@@ -152,9 +152,10 @@ def test_a_kill_stops_a_running_task_for_good() -> None:
         [
             (Begin(), RECEIVED_START),
             (Started(), RUNNING),
-            (KillRequested(5, "SIGINT"), ["emit:Killing", "stop"]),
+            (KillRequested(5, "SIGINT"), ["emit:Killing", "stop+wait"]),
             (RestartRequested("too late", failure=False), []),
-            (Stopped(None), ["emit:Killed", "destroy", "state:dead/ok"]),
+            # Nomad's order: Killing, Terminated (how it ended), Killed.
+            (Stopped(ExitResult(exit_code=130, signal=2)), ["emit:Terminated", "emit:Killed", "destroy", "state:dead/ok"]),
         ],
     )  # fmt: skip
 

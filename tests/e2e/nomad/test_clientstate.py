@@ -1,0 +1,147 @@
+"""Nomad's ``e2e/clientstate`` on corral.
+
+Ported: ``TestClientAllocs/testAllocZombie`` (``allocs_test.go``): restarting an
+allocation that failed and was rescheduled must not bring it back to life
+(hashicorp/nomad#17079). Left out: ``TestClientState_Kill``, ``_KillDuringRestart``
+and ``_Corrupt`` (``clientstate.go``): they need ``NOMAD_TEST_STATE``, a local
+binary of the agent under test, ``alloc fs`` and deleting the client's task-state
+bucket; and ``sleeper.nomad`` uses the job-level ``task`` shorthand.
+
+The job (``input/clientstate/alloc_zombie.nomad``, unchanged) is a python http
+server whose http check fails; ``check_restart { limit = 1 }`` with no restart
+attempts fails the allocation, which is rescheduled (3 attempts, 5 s apart).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.agent import run_cli
+from tests.support.multinode import MultiNode, nomad_e2e_cluster
+from tests.support.wait import wait_for
+
+INPUT = Path(__file__).parent / "input" / "clientstate"
+
+Alloc = dict[str, Any]
+
+
+class CorralDifference(AssertionError):
+    """corral does not do what Nomad does here (the reason of the test's xfail)."""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNode]:
+    with nomad_e2e_cluster(tmp_path_factory.mktemp("cluster")) as c:
+        yield c
+
+
+@pytest.fixture
+def jobs(cluster: MultiNode) -> Iterator[list[str]]:
+    """``e2eutil.CleanupJobsAndGC`` for the job IDs a test registered: stop, wait for
+    the allocations to end (the clients leave tasks running when the cluster stops),
+    purge."""
+    ids: list[str] = []
+    yield ids
+    for job_id in ids:
+        stop_and_purge(cluster, job_id)
+
+
+def stop_and_purge(cluster: MultiNode, job_id: str) -> None:
+    cluster.server.cli("job", "stop", "-detach", job_id)
+    wait_for(
+        lambda: all(
+            a["ClientStatus"] in ("complete", "failed", "lost") for a in job_allocs(cluster, job_id)
+        ),
+        timeout=30,
+        message=f"the allocations of {job_id} to end",
+    )
+    out = cluster.server.cli("job", "stop", "-purge", "-detach", job_id)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def register(cluster: MultiNode, jobs: list[str], job_id: str, filename: str) -> None:
+    """``e2eutil.Register``: ``job run -detach -`` with the job block renamed to ``job_id``."""
+    spec = re.sub(r'(?m)^job ".*" \{', f'job "{job_id}" {{', (INPUT / filename).read_text())
+    out = run_cli("job", "run", "-detach", "-", addr=cluster.server.rpc_addr, input=spec)
+    assert out.returncode == 0, out.stdout + out.stderr
+    jobs.append(job_id)
+
+
+def job_allocs(cluster: MultiNode, job_id: str) -> list[Alloc]:
+    allocs: list[Alloc] = cluster.server.cli_json("job", "status", job_id)["Allocations"]
+    return allocs
+
+
+def alloc_status(cluster: MultiNode, alloc_id: str) -> Alloc:
+    alloc: Alloc = cluster.server.cli_json("alloc", "status", alloc_id)
+    return alloc
+
+
+def alloc_statuses_rescheduled(cluster: MultiNode, job_id: str) -> list[str]:
+    """``e2eutil.AllocStatusesRescheduled``: the client statuses of the allocations
+    that have reschedule events or a follow-up evaluation (from ``alloc status --json``)."""
+    statuses = []
+    for stub in job_allocs(cluster, job_id):
+        alloc = alloc_status(cluster, stub["ID"])
+        tracker = alloc.get("RescheduleTracker") or {}
+        if tracker.get("Events") or alloc.get("FollowupEvalID"):
+            statuses.append(alloc["ClientStatus"])
+    return statuses
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=CorralDifference,
+    reason="corral: `alloc restart` of a terminal allocation is refused (exit 1) but with "
+    "'Error: allocation <id> is not running here', not Nomad's 'Failed to restart "
+    "allocation:' / 'restart of an alloc that should not run'",
+)
+def test_ClientAllocs_AllocZombie(cluster: MultiNode, jobs: list[str]) -> None:
+    job_id = "alloc-zombie-" + uuid.uuid4().hex[:8]
+    register(cluster, jobs, job_id, "alloc_zombie.nomad")
+
+    # e2eutil.SingleAllocID(version 0): the first allocation.
+    alloc_id = wait_for(
+        lambda: next((a["ID"] for a in job_allocs(cluster, job_id) if a["JobVersion"] == 0), ""),
+        timeout=10,
+        message=f"an allocation of {job_id}",
+    )
+
+    # The allocation fails (its check fails, check_restart restarts it, the restart
+    # policy allows no restart).
+    wait_for(
+        lambda: alloc_status(cluster, alloc_id)["ClientStatus"] == "failed",
+        timeout=30,
+        interval=0.5,
+        message=lambda: f"{alloc_id[:8]} failed: {alloc_status(cluster, alloc_id)}",
+    )
+
+    # More failures: it was rescheduled.
+    wait_for(
+        lambda: len(alloc_statuses_rescheduled(cluster, job_id)) > 2,
+        timeout=60,
+        interval=1,
+        message=lambda: f"3 rescheduled allocations: {job_allocs(cluster, job_id)}",
+    )
+
+    # Restarting the first allocation must do nothing but give an error.
+    out = cluster.server.cli("alloc", "restart", alloc_id)
+    output = out.stdout + out.stderr
+    assert out.returncode != 0, f"restarting a failed allocation succeeded: {output}"
+    # ... and it stays dead (the zombie of #17079 came back half alive).
+    alloc = alloc_status(cluster, alloc_id)
+    assert alloc["ClientStatus"] == "failed", alloc
+    assert all(s["State"] == "dead" for s in alloc["TaskStates"].values()), alloc["TaskStates"]
+
+    # Nomad's words: must.ErrorContains(err, "restart of an alloc that should not run")
+    # and must.StrContains(output, "Failed to restart allocation").
+    if "restart of an alloc that should not run" not in output or (
+        "Failed to restart allocation" not in output
+    ):
+        raise CorralDifference(f"corral alloc restart {alloc_id} said: {output!r}")
