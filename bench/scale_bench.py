@@ -34,9 +34,14 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def job(job_id: str, count: int) -> pb.Job:
+def job(job_id: str, count: int, deployments: bool = True) -> pb.Job:
+    """A service job of ``count`` mock allocations. Every service job gets Nomad's
+    default update strategy, so a deployment per job; ``deployments=False`` says
+    ``max_parallel = 0`` (no deployment), the shape measured before that default."""
     j = pb.Job(id=job_id, type="service")
     g = j.task_groups.add(name="g", count=count)
+    if not deployments:
+        g.update.max_parallel = 0
     t = g.tasks.add(name="t", driver="mock")
     t.resources.cpu = 10
     t.resources.memory_mb = 10
@@ -48,12 +53,15 @@ class CountingFleet(SimulatedFleet):
     """The simulated fleet; its ``running`` counter is the benchmark's stop condition."""
 
 
-async def submit(addr: str, jobs: int, count: int) -> None:
+async def submit(addr: str, jobs: int, count: int, deployments: bool = True) -> None:
     async with grpc.aio.insecure_channel(addr) as ch:
         stub = rpc.JobServiceStub(ch)
         await asyncio.gather(
             *(
-                stub.Register(pb.JobRegisterRequest(job=job(f"scale-{i:04d}", count)), timeout=120)
+                stub.Register(
+                    pb.JobRegisterRequest(job=job(f"scale-{i:04d}", count, deployments)),
+                    timeout=120,
+                )
                 for i in range(jobs)
             )
         )
@@ -73,6 +81,11 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=100)
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument(
+        "--no-deployments",
+        action="store_true",
+        help="jobs say update { max_parallel = 0 } (no deployment per job)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     total = args.jobs * args.count
@@ -81,6 +94,7 @@ def main() -> None:
         "nodes": args.nodes,
         "jobs": args.jobs,
         "count": args.count,
+        "deployments": not args.no_deployments,
     }
     with (
         tempfile.TemporaryDirectory(prefix="corral-scale-") as tmp,
@@ -94,7 +108,7 @@ def main() -> None:
         out["register_nodes_s"] = round(time.monotonic() - t0, 2)
         log(f"{args.nodes} nodes registered in {out['register_nodes_s']}s")
         t0 = time.monotonic()
-        asyncio.run(submit(leader.rpc_addr, args.jobs, args.count))
+        asyncio.run(submit(leader.rpc_addr, args.jobs, args.count, not args.no_deployments))
         out["submit_s"] = round(time.monotonic() - t0, 2)
         log(f"{args.jobs} jobs submitted in {out['submit_s']}s")
         last_log = 0.0
