@@ -298,4 +298,9 @@ def restart(ctx: click.Context, alloc_id: str, task_arg: str | None, task_opt: s
             raise click.ClickException(
                 f'no task "{task}" in allocation "{short_id(a.id)}"; its tasks: ' + ", ".join(names)
             )
-    client.restart_alloc(a.id, task)
+    try:
+        client.restart_alloc(a.id, task)
+    except APIError as err:
+        # Nomad's wording, which scripts match on.
+        click.echo(f"Failed to restart allocation:\n\n{err}", err=True)
+        ctx.exit(1)

@@ -488,11 +488,17 @@ class _ClientRPC(ClientLogService):
     ) -> pb.AllocRestartResponse:
         with self._agent._runners_lock:
             runner = self._agent.runners.get(request.alloc_id)
-        if runner is None or runner.killed:
+        if runner is None:
             context.abort(
                 grpc.StatusCode.NOT_FOUND, f"allocation {request.alloc_id} is not running here"
             )
         assert runner is not None
+        if runner.killed or runner.terminal:
+            # Nomad's alloc runner (shouldRun): a stopped or finished allocation stays
+            # down; restarting it would bring back a zombie half alive.
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "restart of an alloc that should not run"
+            )
         if request.task and request.task not in runner.tasks:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,

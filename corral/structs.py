@@ -193,6 +193,18 @@ def is_alloc_terminal(alloc: pb.Allocation) -> bool:
     )
 
 
+def holds_resources(alloc: pb.Allocation) -> bool:
+    """Whether the allocation's resources (cpu, memory, ports) count on its node.
+
+    Until its client says it ended, as Nomad since 1.1 (``AllocsFit`` skips only
+    client-terminal allocations): an allocation the server stopped may still run
+    its shutdown delay or kill timeout and hold its ports meanwhile, so nothing else
+    may be placed into them (Nomad's e2e ``overlap``). A plan's own stops are
+    subtracted by the scheduler and the plan applier, so a destructive update still
+    reuses what it frees."""
+    return alloc.client_status not in ALLOC_TERMINAL_CLIENT
+
+
 def is_client_terminal(alloc: pb.Allocation) -> bool:
     return alloc.client_status in ALLOC_TERMINAL_CLIENT
 

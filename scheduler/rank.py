@@ -143,13 +143,13 @@ class NodeUsage:
         loop reads each message once and keeps the sums in locals."""
         res = node.node_resources
         usage = cls(node, int(res.cpu.cpu_shares), int(res.memory.memory_mb))
-        dead = (structs.ALLOC_DESIRED_STOP, structs.ALLOC_DESIRED_EVICT)
+        # Counted until the client says it ended (``structs.holds_resources``).
         terminal = structs.ALLOC_TERMINAL_CLIENT
         used = usage.ports_used
         lo, hi = usage.dyn_lo, usage.dyn_hi
         cpu = mem = dyn = 0
         for alloc in allocs:
-            if alloc.desired_status in dead or alloc.client_status in terminal:
+            if alloc.client_status in terminal:
                 continue
             if skip and alloc.id in skip:
                 continue

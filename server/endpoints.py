@@ -342,7 +342,11 @@ class AllocEndpoint(_Base, rpc.AllocServiceServicer):
                 )
                 return resp
         except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            if exc.code() in (
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.FAILED_PRECONDITION,
+            ):
                 context.abort(exc.code(), exc.details() or "refused by the client")
             context.abort(
                 grpc.StatusCode.UNAVAILABLE,

@@ -378,7 +378,7 @@ class _WriteTxn:
         """Move an allocation's footprint in or out of its node's usage totals
         (``usage`` holds the totals changed so far by this write)."""
         for alloc, sign in ((old, -1), (new, 1)):
-            if alloc is None or structs.is_alloc_terminal(alloc):
+            if alloc is None or not structs.holds_resources(alloc):
                 continue
             cpu, mem, ports = self._footprint(alloc)
             node_id = alloc.node_id
@@ -389,7 +389,7 @@ class _WriteTxn:
             if ports:
                 p = p | frozenset(ports) if sign > 0 else p - frozenset(ports)
             usage[node_id] = (c + sign * cpu, m + sign * mem, p)
-        if old is not None and (new is None or structs.is_alloc_terminal(new)):
+        if old is not None and (new is None or not structs.holds_resources(new)):
             self._store.footprints.pop(old.id, None)  # no longer counted anywhere
 
     def put_alloc(self, alloc: pb.Allocation) -> None:

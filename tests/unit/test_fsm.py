@@ -284,6 +284,19 @@ def test_node_usage_totals_follow_every_allocation_write() -> None:
         u = NodeUsage.of(node, store.allocs_by_node(node.id))
         return (u.cpu_used, u.mem_used, frozenset(u.ports_used))
 
+    # The stopped allocation still holds its resources: its client has not said it
+    # ended (Nomad's AllocsFit); the failed one no longer does.
+    assert (
+        fsm.state.node_usage(node.id)
+        == recount(fsm.state)
+        == (
+            800,
+            400,
+            frozenset({20000, 20002, 20003}),
+        )
+    )
+    ended = pb.Allocation(id=allocs[0].id, client_status="complete")
+    fsm.apply(command(alloc_client_update=pb.AllocClientUpdateCommand(allocs=[ended])))
     assert (
         fsm.state.node_usage(node.id) == recount(fsm.state) == (700, 350, frozenset({20002, 20003}))
     )

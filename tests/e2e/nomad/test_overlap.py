@@ -108,17 +108,6 @@ def api(cluster: MultiNode) -> Iterator[tuple[API, Callable[[str], None]]]:
         wait_for(gone, timeout=30, message=f"the allocations of {job_id} stopped")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NoBlockedEval,
-    reason=(
-        "corral: an allocation's resources (here static port 7234) are free as soon as its "
-        "desired status is stop (corral/structs.py::is_alloc_terminal, used by "
-        "server/state.py::_account and scheduler/rank.py::NodeUsage), so the follow-up job "
-        "is placed at once; Nomad holds them until the client status is terminal "
-        "(structs.AllocsFit / EvalContext.ProposedAllocs skip only ClientTerminalStatus)"
-    ),
-)
 def test_overlap(api: tuple[API, Callable[[str], None]]) -> None:
     """``TestOverlap``: the resources of an allocation are not free until its client
     status is terminal (hashicorp/nomad#10440). A job stopped during its task's 8 s
