@@ -166,8 +166,11 @@ def test_single_server_refuses_a_damaged_key_file(tmp_path: Path) -> None:
         pass
     key_file = server.data_dir / "server" / "raft" / clusterkey.KEY_FILE
     key_file.write_text("not a key")
-    with pytest.raises(Exception):  # noqa: B017 - the harness's start error
-        server.start()
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - the harness's start error
+            server.start()
+    finally:
+        server.stop()  # should it have started after all, leave no process behind
     assert f"{key_file} is damaged" in server.log_text()
 
 
