@@ -21,7 +21,15 @@ from corral import clusterkey
 from corral.agentconfig import AgentConfig
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR")
-_CLIENT_ONLY = ("node_class", "node_name", "meta", "cpu_total", "memory_total", "simulate")
+_CLIENT_ONLY = (
+    "node_class",
+    "node_name",
+    "meta",
+    "cpu_total",
+    "memory_total",
+    "simulate",
+    "enable_raw_exec",
+)
 _SERVER_ONLY = ("raft_port", "encrypt", "min_heartbeat_ttl", "heartbeat_grace")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -131,6 +139,13 @@ def _port(name: str, help_text: str) -> Callable[[F], F]:
     metavar="N",
     help="Client: host N simulated nodes (mock driver) instead of this machine, for scale runs.",
 )
+@click.option(
+    "--enable-raw-exec",
+    is_flag=True,
+    default=None,
+    help="Client: offer the raw_exec driver (tasks run as this agent's user, unisolated); "
+    "off by default, on with --dev bound to loopback.",
+)
 @click.option("--min-heartbeat-ttl", type=Duration(), default=None, help="Server: [10s].")
 @click.option("--heartbeat-grace", type=Duration(), default=None, help="Server: [10s].")
 @click.option(
@@ -148,6 +163,17 @@ def agent(ctx: click.Context, /, **opts: Any) -> None:
     except ImportError as err:
         raise click.ClickException(f"the agent is not available in this build: {err}") from None
     ctx.exit(run_agent(cfg))
+
+
+def ipaddress_is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def build_config(ctx: click.Context, opts: dict[str, Any]) -> AgentConfig:
@@ -210,6 +236,7 @@ def build_config(ctx: click.Context, opts: dict[str, Any]) -> AgentConfig:
         "cpu_total",
         "memory_total",
         "simulate",
+        "enable_raw_exec",
         "min_heartbeat_ttl",
         "heartbeat_grace",
     ):
@@ -220,6 +247,16 @@ def build_config(ctx: click.Context, opts: dict[str, Any]) -> AgentConfig:
             cfg.encrypt = clusterkey.validate(cfg.encrypt)
         except clusterkey.ClusterKeyError as exc:
             raise click.BadParameter(str(exc), param_hint="'--encrypt'") from None
+    if dev and opts["enable_raw_exec"] is None and ipaddress_is_loopback(cfg.bind):
+        # A laptop's dev agent runs raw_exec jobs, reachable from this machine only.
+        cfg.enable_raw_exec = True
+    if is_server and cfg.servers and cfg.bind not in ("0.0.0.0", "::"):
+        me = f"{cfg.bind}:{cfg.raft_port}"
+        if me not in cfg.servers:
+            raise click.UsageError(
+                f"--servers must list this server's own raft address {me} (it never finds "
+                "a leader otherwise); give every server's bind address and --raft-port"
+            )
     ports = [p for p in (cfg.http_port, cfg.rpc_port, cfg.raft_port if is_server else None) if p]
     if len(ports) != len(set(ports)):
         raise click.UsageError("--http-port, --rpc-port and --raft-port must differ")

@@ -40,7 +40,7 @@ from corral.client.allocrunner import AllocRunner
 from corral.client.drivers import load_drivers
 from corral.client.drivers.base import Driver
 from corral.client.fingerprint import fingerprint_node
-from corral.client.logs import ClientLogService
+from corral.client.logs import ClientLogService, safe_name
 from corral.client.services import ServiceRegistry, ServiceRuntime, TimerWheel
 from corral.proto import pb, rpc
 
@@ -119,6 +119,8 @@ class ClientAgent:
         if os.path.exists(path):
             with open(path) as f:
                 saved = json.load(f)
+            if os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)  # written 0644 by older versions
         else:
             saved = {"id": str(uuid.uuid4()), "secret_id": str(uuid.uuid4())}
             _write_json(path, saved)
@@ -199,8 +201,16 @@ class ClientAgent:
         self.node.rpc_addr = f"{self.config.advertise_ip}:{port}"
 
     def _alloc_root_of(self, alloc_id: str) -> str | None:
-        root = os.path.join(self.alloc_dir, alloc_id)
-        return root if os.path.isdir(root) else None
+        """The allocation's directory, only for a name that is one path component
+        directly in the alloc dir: the log service turns request fields into paths,
+        and ``../`` must not walk out (it listed /root once)."""
+        if not safe_name(alloc_id):
+            return None
+        base = os.path.realpath(self.alloc_dir)
+        root = os.path.realpath(os.path.join(base, alloc_id))
+        if os.path.dirname(root) != base or not os.path.isdir(root):
+            return None
+        return root
 
     def _task_names_of(self, alloc_id: str) -> list[str]:
         with self._runners_lock:
@@ -517,11 +527,15 @@ class _ClientRPC(ClientLogService):
 
 
 def _write_json(path: str, data: object) -> None:
+    """Atomically, readable by root only: node.json holds the node's secret, and
+    allocation state files the task handles."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
         json.dump(data, f)
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 
 

@@ -16,6 +16,11 @@ from corral.proto import pb, rpc
 CHUNK = 64 * 1024
 
 
+def safe_name(name: str) -> bool:
+    """A name that is one harmless path component (allocation IDs, task names)."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\x00" not in name
+
+
 class ClientLogService(rpc.ClientServiceServicer):
     def __init__(
         self, alloc_root: Callable[[str], str | None], task_names: Callable[[str], list[str]]
@@ -32,7 +37,7 @@ class ClientLogService(rpc.ClientServiceServicer):
                 grpc.StatusCode.NOT_FOUND, f"allocation {request.alloc_id} is not on this node"
             )
         assert root is not None
-        tasks = self._task_names(request.alloc_id)
+        tasks = [t for t in self._task_names(request.alloc_id) if safe_name(t)]
         task = request.task
         if not task:
             if len(tasks) != 1:
@@ -41,7 +46,8 @@ class ClientLogService(rpc.ClientServiceServicer):
                     f"allocation has {len(tasks)} tasks; name one of: {', '.join(sorted(tasks))}",
                 )
             task = tasks[0]
-        elif tasks and task not in tasks:
+        elif task not in tasks:
+            # Only the allocation's own tasks: a task name becomes a file name.
             context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"task {task!r} not found in allocation (tasks: {', '.join(sorted(tasks))})",
@@ -49,7 +55,11 @@ class ClientLogService(rpc.ClientServiceServicer):
         kind = request.type or "stdout"
         if kind not in ("stdout", "stderr"):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "log type must be stdout or stderr")
-        path = os.path.join(root, "alloc", "logs", f"{task}.{kind}.0")
+        logs = os.path.realpath(os.path.join(root, "alloc", "logs"))
+        path = os.path.realpath(os.path.join(logs, f"{task}.{kind}.0"))
+        if os.path.dirname(path) != logs:
+            # A symlink planted in the alloc dir must not lead out of it either.
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no {kind} log for task {task!r}")
         yield from _read(path, request, context)
 
 

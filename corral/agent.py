@@ -112,6 +112,7 @@ class Agent:
             log.info("client started: %d simulated nodes", cfg.simulate)
         elif cfg.client:
             from corral.client.agent import ClientAgent, ClientConfig
+            from corral.client.drivers import KNOWN_DRIVERS
 
             servers = list(cfg.servers) if (cfg.servers and not cfg.server) else [self.rpc_addr]
             client = self.client = ClientAgent(
@@ -127,6 +128,7 @@ class Agent:
                     cpu_total=cfg.cpu_total,
                     memory_total=cfg.memory_total,
                     stop_allocs_on_shutdown=cfg.dev,
+                    drivers=[d for d in KNOWN_DRIVERS if d != "raw_exec" or cfg.enable_raw_exec],
                 )
             )
             client.start()

@@ -32,6 +32,9 @@ class AgentConfig:
     memory_total: int = 0
     # Client: host this many simulated nodes (mock driver) instead of one real node.
     simulate: int = 0
+    # Client: offer the raw_exec driver (tasks run as the agent's user, unisolated).
+    # Off unless asked for; --dev turns it on when bound to loopback.
+    enable_raw_exec: bool = False
     # Client: port on which the client agent serves ClientService (logs); 0 = any.
     client_rpc_port: int = 0
     # Heartbeat tuning (seconds); tests shorten them.

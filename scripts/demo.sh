@@ -319,7 +319,7 @@ if ((SERVERS > 1)); then
 			>"$WORK/server$i.log" 2>&1 </dev/null &
 		SERVER_PIDS+=($!)
 	done
-	PATH="$VENV/bin:$PATH" setsid "$CORRAL" agent --client --data-dir "$WORK/client" --bind 127.0.0.1 \
+	PATH="$VENV/bin:$PATH" setsid "$CORRAL" agent --client --enable-raw-exec --data-dir "$WORK/client" --bind 127.0.0.1 \
 		--servers "$(IFS=,; echo "${RPC[*]}")" >"$WORK/client.log" 2>&1 </dev/null &
 	AGENT_PID=$!
 else

@@ -207,7 +207,7 @@ def test_multi_server_without_key_refuses_to_start(tmp_path: Path) -> None:
             "--data-dir",
             str(tmp_path / "d"),
             "--raft-port",
-            "0",
+            "1",  # its own address is among --servers; the missing key is the problem
             "--servers",
             "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3",
         ],

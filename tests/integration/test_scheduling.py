@@ -168,3 +168,55 @@ def test_job_that_cannot_fit_explains_why_then_places_when_room_appears(
     finally:
         big.stop()
         small.stop()
+
+
+def test_a_client_offers_raw_exec_only_when_enabled(server: ServerOnly, tmp_path: Path) -> None:
+    """raw_exec runs commands as the agent's user, unisolated: a client offers it
+    only with --enable-raw-exec (security issue, row 2); a job that needs it is not
+    placed elsewhere, and says why."""
+    plain = Client(tmp_path, server, "plain").start()
+    try:
+        job = tmp_path / "shell.hcl"
+        job.write_text(
+            """
+job "shell" {
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "sleep 600"]
+      }
+    }
+  }
+}
+"""
+        )
+        run = cli(server, "job", "run", "-detach", str(job))
+        assert run.returncode == 0, run.stdout + run.stderr
+        node = plain.node()
+        assert node is not None and "raw_exec" not in node.drivers
+        evals = wait_for(
+            lambda: [
+                e
+                for e in json.loads(cli(server, "eval", "list", "--job", "shell", "--json").stdout)
+                if e.get("FailedTGAllocs")
+            ],
+            timeout=30,
+            message="a placement failure",
+        )
+        shown = cli(server, "eval", "status", evals[0]["ID"][:8])
+        assert 'Constraint "missing drivers" filtered 1 nodes' in shown.stdout, shown.stdout
+        enabled = Client(tmp_path, server, "enabled", "--enable-raw-exec").start()
+        try:
+            wait_for(
+                lambda: sum(running_on(server, "shell").values()) == 1,
+                timeout=30,
+                message="placed once a client offers raw_exec",
+            )
+            assert set(running_on(server, "shell")) == {enabled.node().id}  # type: ignore[union-attr]
+            assert cli(server, "job", "stop", "-purge", "shell").returncode == 0
+        finally:
+            enabled.stop()
+    finally:
+        plain.stop()

@@ -138,7 +138,15 @@ def nomad_e2e_cluster(base_dir: Path, *client_args: str) -> Iterator[MultiNode]:
     with ServerOnly(base_dir) as server:
         clients = {
             name: Client(
-                base_dir, server, name, "--datacenter", dc, "--meta", f"rack={rack}", *client_args
+                base_dir,
+                server,
+                name,
+                "--datacenter",
+                dc,
+                "--meta",
+                f"rack={rack}",
+                "--enable-raw-exec",  # as Nomad's e2e clients
+                *client_args,
             )
             for name, dc, rack in E2E_NODES
         }

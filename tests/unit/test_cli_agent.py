@@ -157,3 +157,45 @@ def test_agent_rejects_contradictions(
     assert result.exit_code == 1, result.output
     assert message in result.stderr
     assert agent_calls == []
+
+
+@pytest.mark.parametrize(
+    ("args", "raw_exec"),
+    [
+        (["--client", "--servers", "127.0.0.1:4647"], False),
+        (["--client", "--servers", "127.0.0.1:4647", "--enable-raw-exec"], True),
+        (["--dev"], True),  # a laptop's dev agent, on loopback
+        (["--dev", "--bind", "127.0.0.2"], True),
+        (["--dev", "--bind", "10.1.2.3"], False),  # reachable from the network: opt in
+        (["--dev", "--bind", "10.1.2.3", "--enable-raw-exec"], True),
+    ],
+)
+def test_raw_exec_is_off_unless_enabled(
+    agent_calls: list[AgentConfig], tmp_path: Path, args: list[str], raw_exec: bool
+) -> None:
+    """raw_exec runs commands as the agent's user with no isolation: whoever can
+    submit a job would own the machine (security issue, row 2)."""
+    result = CliRunner().invoke(cli, ["agent", "--data-dir", str(tmp_path), *args])
+    assert result.exit_code == 0, result.output
+    assert agent_calls[-1].enable_raw_exec is raw_exec
+
+
+def test_enable_raw_exec_is_a_client_flag(agent_calls: list[AgentConfig], tmp_path: Path) -> None:
+    args = ["agent", "--server", "--data-dir", str(tmp_path), "--enable-raw-exec"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "--enable-raw-exec only apply to a client" in result.output
+    assert agent_calls == []
+
+
+def test_a_server_must_be_among_its_own_servers(
+    agent_calls: list[AgentConfig], tmp_path: Path
+) -> None:
+    """Not listed in --servers, a server starts and never finds a leader (row 13)."""
+    args = ["agent", "--server", "--data-dir", str(tmp_path), "--encrypt", KEY]
+    peers = "127.0.0.1:5648,127.0.0.1:6648,127.0.0.1:7648"
+    result = CliRunner().invoke(cli, [*args, "--servers", peers])  # raft port 4648
+    assert result.exit_code == 1
+    assert "--servers must list this server's own raft address 127.0.0.1:4648" in result.output
+    assert agent_calls == []
+    ok = CliRunner().invoke(cli, [*args, "--servers", peers, "--raft-port", "5648"])
+    assert ok.exit_code == 0, ok.output

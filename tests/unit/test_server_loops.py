@@ -216,8 +216,8 @@ def test_scaling_a_job_places_the_new_count() -> None:
             )
 
         wait_for(lambda: placed() == 4, timeout=10, interval=0.01)
-        ev = server.state.eval(resp.eval_id)
-        assert ev is not None and ev.status == structs.EVAL_STATUS_COMPLETE
+        ev = wait_for(lambda: evaluated(server, resp.eval_id), timeout=10)
+        assert ev.status == structs.EVAL_STATUS_COMPLETE
         job = server.state.job("default", "web")
         assert job is not None and job.version == 1 and job.task_groups[0].count == 4
     finally:
