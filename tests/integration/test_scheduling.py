@@ -215,7 +215,20 @@ job "shell" {
                 message="placed once a client offers raw_exec",
             )
             assert set(running_on(server, "shell")) == {enabled.node().id}  # type: ignore[union-attr]
-            assert cli(server, "job", "stop", "-purge", "shell").returncode == 0
+            # Stop, and let the client end the task, before its agent stops (clients
+            # leave tasks running when they stop, for a restarted agent to reattach).
+            assert cli(server, "job", "stop", "shell").returncode == 0
+            wait_for(lambda: not running_on(server, "shell"), timeout=30, message="task ended")
+            wait_for(
+                lambda: all(
+                    a["ClientStatus"] in ("complete", "failed")
+                    for a in json.loads(cli(server, "job", "status", "shell", "--json").stdout)[
+                        "Allocations"
+                    ]
+                ),
+                timeout=30,
+                message="the client reports the task ended",
+            )
         finally:
             enabled.stop()
     finally:
