@@ -12,35 +12,23 @@ status <id> --json``, then purges the job and waits until its tasks are gone (th
 
 from __future__ import annotations
 
-import json
-import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.multinode import MultiNode, nomad_e2e_cluster
+from tests.e2e.nomad.support import renamed, stop_and_purge, unique_id
+from tests.support.multinode import MultiNode
 from tests.support.wait import wait_for
 
 INPUT = Path(__file__).parent / "input" / "deployment"
 
-TERMINAL_CLIENT = ("complete", "failed", "lost")
 
 # nomad/structs: DeploymentStatusRunning and the descriptions the test waits for.
 RUNNING = "running"
 DESC_RUNNING = "Deployment is running"
 DESC_RUNNING_AUTO_PROMOTION = "Deployment is running pending automatic promotion"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNode]:
-    with nomad_e2e_cluster(tmp_path_factory.mktemp("cluster")) as c:
-        # BeforeAll: WaitForLeader, WaitForNodesReady(4).
-        nodes = c.server.cli_json("node", "status")
-        assert sorted(n["Status"] for n in nodes) == ["ready"] * 4, nodes
-        yield c
 
 
 @pytest.fixture
@@ -49,38 +37,12 @@ def job_ids(cluster: MultiNode) -> Iterator[list[str]]:
     ids: list[str] = []
     yield ids
     for job_id in ids:
-        purge_and_wait(cluster, job_id)
-
-
-def purge_and_wait(cluster: MultiNode, job_id: str) -> None:
-    """Deregister with purge, then wait until none of the job's allocations is left
-    running (the tasks must not outlive the cluster)."""
-    listed = cluster.server.cli("job", "status", job_id, "--json")
-    alloc_ids = (
-        [a["ID"] for a in json.loads(listed.stdout)["Allocations"]]
-        if listed.returncode == 0
-        else []
-    )
-    out = cluster.server.cli("job", "stop", "-purge", "-detach", job_id)
-    assert out.returncode == 0, out.stdout + out.stderr
-
-    def gone() -> bool:
-        for alloc_id in alloc_ids:
-            out = cluster.server.cli("alloc", "status", alloc_id, "--json")
-            # Not found: purged (as Nomad's purge does); else wait for a terminal status.
-            if (
-                out.returncode == 0
-                and json.loads(out.stdout)["ClientStatus"] not in TERMINAL_CLIENT
-            ):
-                return False
-        return True
-
-    wait_for(gone, timeout=30, message=f"the allocations of {job_id} stopped")
+        stop_and_purge(cluster, job_id)
 
 
 def register(cluster: MultiNode, tmp_path: Path, file: str, job_id: str) -> None:
     """``nomad job run -detach`` of the job file under ``job_id``."""
-    text = re.sub(r'(?m)^job ".*" \{', f'job "{job_id}" {{', (INPUT / file).read_text())
+    text = renamed(INPUT / file, job_id)
     path = tmp_path / file
     path.write_text(text)
     out = cluster.server.cli("job", "run", "-detach", str(path))
@@ -118,7 +80,7 @@ def test_deployment_auto_promote(cluster: MultiNode, tmp_path: Path, job_ids: li
     """``TestDeploymentAutoPromote``: the first version has exactly one deployment; the
     update's deployment waits "pending automatic promotion" for its canaries, then,
     promoted, is "Deployment is running" while it rolls out the rest."""
-    job_id = "deployment" + uuid.uuid4().hex[:8]
+    job_id = unique_id("deployment")
     job_ids.append(job_id)
 
     # RegisterAndWaitForAllocs: register, then wait until allocations exist.

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.multinode import MultiNode, nomad_e2e_cluster
+from tests.support.multinode import MultiNode
 from tests.support.wait import wait_for
 
 INPUT = Path(__file__).parent / "input" / "overlap"
@@ -32,12 +32,6 @@ TERMINAL_CLIENT = ("complete", "failed", "lost")
 
 class NoBlockedEval(AssertionError):
     """The follow-up job's evaluation completed without a blocked evaluation."""
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNode]:
-    with nomad_e2e_cluster(tmp_path_factory.mktemp("cluster")) as c:
-        yield c
 
 
 class API:

@@ -29,16 +29,11 @@ from typing import Any
 
 import pytest
 
-from tests.support.multinode import MultiNode, nomad_e2e_cluster
+from tests.e2e.nomad.support import stop_and_purge
+from tests.support.multinode import MultiNode
 from tests.support.wait import wait_for
 
 INPUT = Path(__file__).parent / "input" / "rescheduling"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNode]:
-    with nomad_e2e_cluster(tmp_path_factory.mktemp("cluster")) as c:
-        yield c
 
 
 class Jobs:
@@ -71,7 +66,7 @@ class Jobs:
 
     def purge_all(self) -> None:
         for job_id in self.registered:
-            self.c.server.cli("job", "stop", "-purge", "-detach", job_id)
+            stop_and_purge(self.c, job_id)
 
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(f"{self.c.server.http_url}{path}", timeout=10) as resp:

@@ -18,58 +18,18 @@ can: ``corral service info <name> --json`` and ``GET /v1/service/<name>?health=a
 from __future__ import annotations
 
 import json
-import re
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.support.agent import run_cli
-from tests.support.multinode import MultiNode, nomad_e2e_cluster
+from tests.e2e.nomad import support
+from tests.e2e.nomad.support import Alloc, alloc_status, job_allocs
+from tests.support.multinode import MultiNode
 from tests.support.wait import wait_for
 
 INPUT = Path(__file__).parent / "input" / "servicediscovery"
 SERVICE = "http-server"  # the service both job files declare
-
-Alloc = dict[str, Any]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNode]:
-    with nomad_e2e_cluster(tmp_path_factory.mktemp("cluster")) as c:
-        yield c
-
-
-@pytest.fixture
-def jobs(cluster: MultiNode) -> Iterator[list[str]]:
-    """``e2eutil.CleanupJobsAndGC`` for the job IDs a test registered: stop, wait for
-    the allocations to end (the clients leave tasks running when the cluster stops),
-    purge."""
-    ids: list[str] = []
-    yield ids
-    for job_id in ids:
-        stop_and_purge(cluster, job_id)
-
-
-def stop_and_purge(cluster: MultiNode, job_id: str) -> None:
-    cluster.server.cli("job", "stop", "-detach", job_id)
-    wait_for(
-        lambda: all(
-            a["ClientStatus"] in ("complete", "failed", "lost") for a in job_allocs(cluster, job_id)
-        ),
-        timeout=30,
-        message=f"the allocations of {job_id} to end",
-    )
-    out = cluster.server.cli("job", "stop", "-purge", "-detach", job_id)
-    assert out.returncode == 0, out.stdout + out.stderr
-
-
-def job_allocs(cluster: MultiNode, job_id: str) -> list[Alloc]:
-    allocs: list[Alloc] = cluster.server.cli_json("job", "status", job_id)["Allocations"]
-    return allocs
 
 
 def register_and_wait_for_allocs(
@@ -77,9 +37,7 @@ def register_and_wait_for_allocs(
 ) -> list[Alloc]:
     """``e2eutil.RegisterAndWaitForAllocs``: register under ``job_id``, wait until the
     evaluation placed allocations, return them."""
-    spec = re.sub(r'(?m)^job ".*" \{', f'job "{job_id}" {{', (INPUT / filename).read_text())
-    out = run_cli("job", "run", "-detach", "-", addr=cluster.server.rpc_addr, input=spec)
-    assert out.returncode == 0, out.stdout + out.stderr
+    support.register(cluster, INPUT / filename, job_id)
     jobs.append(job_id)
     return wait_for(
         lambda: job_allocs(cluster, job_id), timeout=30, message=f"allocations of {job_id}"
@@ -88,7 +46,7 @@ def register_and_wait_for_allocs(
 
 def wait_for_alloc_running(cluster: MultiNode, alloc_id: str) -> None:
     wait_for(
-        lambda: cluster.server.cli_json("alloc", "status", alloc_id)["ClientStatus"] == "running",
+        lambda: alloc_status(cluster, alloc_id)["ClientStatus"] == "running",
         timeout=30,
         interval=0.2,
         message=f"allocation {alloc_id[:8]} running",

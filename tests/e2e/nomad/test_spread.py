@@ -13,87 +13,34 @@ nodes, which corral keeps for groups with affinities or spreads).
 
 from __future__ import annotations
 
-import json
-import re
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.multinode import MultiNode, nomad_e2e_cluster
-from tests.support.wait import wait_for
+from tests.e2e.nomad.support import alloc_status, register_and_wait_for_allocs, unique_id
+from tests.support.multinode import MultiNode
 
 INPUT = Path(__file__).parent / "input" / "spread"
-
-TERMINAL_CLIENT = ("complete", "failed", "lost")
 
 
 class MissingScoreMetaData(AssertionError):
     """An allocation without ``Metrics.ScoreMetaData`` (Nomad always fills it on placement)."""
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNode]:
-    with nomad_e2e_cluster(tmp_path_factory.mktemp("cluster")) as c:
-        # TestSpread: WaitForLeader, WaitForNodesReady(4).
-        nodes = c.server.cli_json("node", "status")
-        assert sorted(n["Status"] for n in nodes) == ["ready"] * 4, nodes
-        yield c
-
-
 @pytest.fixture
-def jobs(cluster: MultiNode, tmp_path: Path) -> Iterator[Callable[[str, str], list[str]]]:
+def jobs(cluster: MultiNode, jobs: list[str]) -> Callable[[str, str], list[str]]:
     """``register(prefix, file)``: the job file under ``<prefix><8 hex>``; returns the
-    IDs of its allocations once they are placed. Every job is purged afterwards."""
-    registered: list[tuple[str, list[str]]] = []
+    IDs of its allocations once they are placed. Every job is purged afterwards (the
+    shared ``jobs`` fixture this one extends)."""
 
     def register(prefix: str, file: str) -> list[str]:
-        job_id = prefix + uuid.uuid4().hex[:8]
-        text = re.sub(r'(?m)^job ".*" \{', f'job "{job_id}" {{', (INPUT / file).read_text())
-        path = tmp_path / file
-        path.write_text(text)
-        out = cluster.server.cli("job", "run", "-detach", str(path))
-        assert out.returncode == 0, out.stdout + out.stderr
-        alloc_ids: list[str] = []
-        registered.append((job_id, alloc_ids))
-        count = int(re.search(r"(?m)^\s*count\s*=\s*(\d+)", text).group(1))  # type: ignore[union-attr]
+        job_id = unique_id(prefix)
+        jobs.append(job_id)
+        return register_and_wait_for_allocs(cluster, INPUT / file, job_id)
 
-        def placed() -> list[str]:
-            allocs = cluster.server.cli_json("job", "status", job_id)["Allocations"]
-            return [a["ID"] for a in allocs] if len(allocs) >= count else []
-
-        alloc_ids.extend(wait_for(placed, timeout=30, message=f"{count} allocations of {job_id}"))
-        return alloc_ids
-
-    yield register
-    for job_id, alloc_ids in registered:
-        cleanup_job(cluster, job_id, alloc_ids)
-
-
-def cleanup_job(cluster: MultiNode, job_id: str, alloc_ids: list[str]) -> None:
-    """``cleanupJob``: deregister with purge, then wait until no allocation of the job
-    is left running (Nomad: until they are garbage collected)."""
-    out = cluster.server.cli("job", "stop", "-purge", "-detach", job_id)
-    assert out.returncode == 0, out.stdout + out.stderr
-
-    def gone() -> bool:
-        for alloc_id in alloc_ids:
-            out = cluster.server.cli("alloc", "status", alloc_id, "--json")
-            # Not found: purged (as Nomad's purge does); else wait for a terminal status.
-            if (
-                out.returncode == 0
-                and json.loads(out.stdout)["ClientStatus"] not in TERMINAL_CLIENT
-            ):
-                return False
-        return True
-
-    wait_for(gone, timeout=30, message=f"the allocations of {job_id} stopped")
-
-
-def alloc_status(cluster: MultiNode, alloc_id: str) -> dict[str, Any]:
-    return cluster.server.cli_json("alloc", "status", alloc_id)  # type: ignore[no-any-return]
+    return register
 
 
 def nodes_by_id(cluster: MultiNode) -> dict[str, dict[str, Any]]:

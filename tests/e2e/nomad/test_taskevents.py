@@ -15,71 +15,22 @@ Task Failed" when a sibling fails, each followed by a kill) and the task runner
 
 from __future__ import annotations
 
-import re
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.support.agent import run_cli
-from tests.support.multinode import MultiNode, nomad_e2e_cluster
+from tests.e2e.nomad import support
+from tests.e2e.nomad.support import Alloc, alloc_status, job_allocs, unique_id
+from tests.support.multinode import MultiNode
 from tests.support.wait import wait_for
 
 INPUT = Path(__file__).parent / "input" / "taskevents"
 
-Alloc = dict[str, Any]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNode]:
-    with nomad_e2e_cluster(tmp_path_factory.mktemp("cluster")) as c:
-        yield c
-
-
-@pytest.fixture
-def jobs(cluster: MultiNode) -> Iterator[list[str]]:
-    """The job IDs a test registered; stopped, then purged, after it (Nomad's AfterEach
-    deregisters with purge). Waiting for the allocations to end first keeps tasks from
-    outliving the cluster (its clients leave tasks running when they stop)."""
-    ids: list[str] = []
-    yield ids
-    for job_id in ids:
-        stop_and_purge(cluster, job_id)
-
-
-def stop_and_purge(cluster: MultiNode, job_id: str) -> None:
-    cluster.server.cli("job", "stop", "-detach", job_id)
-    wait_for(
-        lambda: all(
-            a["ClientStatus"] in ("complete", "failed", "lost") for a in job_allocs(cluster, job_id)
-        ),
-        timeout=30,
-        message=f"the allocations of {job_id} to end",
-    )
-    out = cluster.server.cli("job", "stop", "-purge", "-detach", job_id)
-    assert out.returncode == 0, out.stdout + out.stderr
-
-
-def job_allocs(cluster: MultiNode, job_id: str) -> list[Alloc]:
-    allocs: list[Alloc] = cluster.server.cli_json("job", "status", job_id)["Allocations"]
-    return allocs
-
-
-def alloc_status(cluster: MultiNode, alloc_id: str) -> Alloc:
-    alloc: Alloc = cluster.server.cli_json("alloc", "status", alloc_id)
-    return alloc
-
 
 def register(cluster: MultiNode, jobs: list[str], job_name: str) -> str:
     """``e2eutil.Register``: the job file under a unique ID, through ``job run -detach -``."""
-    job_id = job_name + uuid.uuid4().hex[:8]
-    spec = re.sub(
-        r'(?m)^job ".*" \{', f'job "{job_id}" {{', (INPUT / f"{job_name}.nomad").read_text()
-    )
-    out = run_cli("job", "run", "-detach", "-", addr=cluster.server.rpc_addr, input=spec)
-    assert out.returncode == 0, out.stdout + out.stderr
+    job_id = unique_id(job_name)
+    support.register(cluster, INPUT / f"{job_name}.nomad", job_id)
     jobs.append(job_id)
     return job_id
 
