@@ -435,6 +435,7 @@ class GroupStack:
             if penalty and node_id in penalty:
                 score -= 1.0
                 parts += 1
+            a = s = 0.0
             if affinities:
                 # Counted even when 0, as Nomad's NodeAffinityIterator does.
                 a = self.affinity_score(i)
@@ -448,7 +449,8 @@ class GroupStack:
             if parts > 1:
                 score /= parts
             if record:
-                self._record(top, i, score, fit, collisions, penalty, node_id, desired)
+                reschedule = bool(penalty) and node_id in penalty
+                self._record(top, i, score, fit, collisions, reschedule, desired, a, s)
             if score <= SKIP_SCORE_THRESHOLD and len(skipped) < MAX_SKIP:
                 skipped.append((score, i))
                 continue
@@ -477,22 +479,22 @@ class GroupStack:
         score: float,
         fit: float,
         collisions: int | None,
-        penalty: frozenset[str],
-        node_id: str,
+        reschedule: bool,
         desired: float,
+        affinity: float,
+        spread: float,
     ) -> None:
-        """Keep node ``i``'s scores if it is among the best ``MAX_SCORE_META`` so far."""
+        """Keep node ``i``'s scores (the parts ``select`` just computed) if it is among
+        the best ``MAX_SCORE_META`` so far."""
         scores = {"binpack": fit}
         if collisions:
             scores["job-anti-affinity"] = -(collisions + 1) / desired
-        if penalty and node_id in penalty:
+        if reschedule:
             scores["node-reschedule-penalty"] = -1.0
         if self.affinities:
-            scores["node-affinity"] = self.affinity_score(i)
-        if self.spreads:
-            s = self.spread_score(self.placer.pool[i])
-            if s:
-                scores["allocation-spread"] = s
+            scores["node-affinity"] = affinity
+        if spread:
+            scores["allocation-spread"] = spread
         item = (score, -i, i, scores)
         if len(top) < MAX_SCORE_META:
             heapq.heappush(top, item)

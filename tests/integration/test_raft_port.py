@@ -16,7 +16,6 @@ import pickle
 import socket
 import stat
 import struct
-import subprocess
 import time
 import zlib
 from pathlib import Path
@@ -28,9 +27,10 @@ from corral.server import raft as raft_module
 from corral.server.fsm import FSM
 from corral.server.raft import PREAUTH_MAX_FRAME, PySyncObjConsensus
 from corral.server.state import StateStore
-from tests.support.agent import AgentProcess, DevAgent, run_cli
+from tests.support.agent import DevAgent
 from tests.support.cluster import CLUSTER_KEY
 from tests.support.env import free_port
+from tests.support.multinode import ServerOnly
 from tests.support.wait import wait_for
 
 JOB = Path(__file__).resolve().parents[2] / "examples" / "hello-exec.hcl"
@@ -114,43 +114,12 @@ def test_dev_agent_raft_port_is_keyed_and_bound(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
 
 
-class SingleServer(AgentProcess):
-    """``corral agent --server`` with no peers and no --encrypt."""
-
-    name = "single-server"
-
-    def __init__(self, base_dir: Path) -> None:
-        super().__init__((), base_dir=base_dir)
-        self.http_port, self.rpc_port, self.raft_port = free_port(), free_port(), free_port()
-        self.data_dir = base_dir / "data"
-
-    def build_args(self) -> list[str]:
-        return [
-            "--server",
-            "--data-dir",
-            str(self.data_dir),
-            "--http-port",
-            str(self.http_port),
-            "--rpc-port",
-            str(self.rpc_port),
-            "--raft-port",
-            str(self.raft_port),
-        ]
-
-    def is_ready(self) -> bool:
-        res = self.cli("server", "members", timeout=10)
-        return res.returncode == 0 and "alive" in res.stdout
-
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return run_cli(*args, addr=f"127.0.0.1:{self.rpc_port}", timeout=timeout)
-
-
 def test_single_server_makes_a_key_and_keeps_it_across_restarts(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    server = SingleServer(tmp_path)
+    server = ServerOnly(tmp_path)  # --server, no peers, no --encrypt
     with server:
         probe_with_hostile_frames(("127.0.0.1", server.raft_port), marker)
-        key_file = server.data_dir / "server" / "raft" / clusterkey.KEY_FILE
+        key_file = server.base_dir / "data" / "server" / "raft" / clusterkey.KEY_FILE
         key = key_file.read_text()
         run = server.cli("job", "run", "-detach", str(JOB))
         assert run.returncode == 0, run.stderr
@@ -161,10 +130,10 @@ def test_single_server_makes_a_key_and_keeps_it_across_restarts(tmp_path: Path) 
 
 
 def test_single_server_refuses_a_damaged_key_file(tmp_path: Path) -> None:
-    server = SingleServer(tmp_path)
+    server = ServerOnly(tmp_path)  # --server, no peers, no --encrypt
     with server:
         pass
-    key_file = server.data_dir / "server" / "raft" / clusterkey.KEY_FILE
+    key_file = server.base_dir / "data" / "server" / "raft" / clusterkey.KEY_FILE
     key_file.write_text("not a key")
     try:
         with pytest.raises(Exception):  # noqa: B017 - the harness's start error
